@@ -1,0 +1,11 @@
+"""The one exception type for problems a user can fix (bad config, bad data, missing file).
+
+Raised where the bad value enters, caught once in each entry script, printed as one line, exit code 2.
+"""
+
+
+class UserError(Exception):
+    """A problem in the user's input; the message names the file/key/sample and what was expected."""
+
+
+EXIT_USER_ERROR = 2
