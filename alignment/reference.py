@@ -1,0 +1,43 @@
+"""Branch 1: compare the learner with the standard motion of the same technique (design §4).
+
+The fused embedding is concat(learner, standard_window − learner) on the channel axis, so the
+projection sees both what the learner did and how it differs from the reference at every joint.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from alignment.window_search import best_window_start, gather_window
+
+
+def first_frame_standard(learner_emb: torch.Tensor) -> torch.Tensor:
+    """Pretraining has no standard: the clip's own first frame, repeated, stands in for it."""
+    return learner_emb[:, :1].expand_as(learner_emb)
+
+
+def aligned_standard_window(learner_emb: torch.Tensor, frame_mask: torch.Tensor, standard_emb: torch.Tensor,
+                            standard_lengths: torch.Tensor, which: torch.Tensor,
+                            segment_start: Optional[torch.Tensor] = None,
+                            std_segment_start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The standard window [B,T,V,C] matched to each learner clip.
+
+    learner_emb [B,T,V,C]; standard_emb [S,Ts,V,C] holds each distinct standard once, `which` [B] picks
+    the standard of each sample. The start comes from the data's segment (learner frame a ↔ standard
+    frame b, so start = b − a, clamped at 0) or from the sliding-window search on joint-averaged embeddings.
+    """
+    if segment_start is not None:
+        start = (std_segment_start - segment_start).clamp(min=0)
+        start = torch.minimum(start, standard_lengths[which] - 1)
+    else:
+        start = best_window_start(learner_emb.mean(2), frame_mask, standard_emb.mean(2)[which],
+                                  standard_lengths[which])
+    return gather_window(standard_emb, standard_lengths, which, start, learner_emb.shape[1])
+
+
+def fuse_with_standard(learner_emb: torch.Tensor, standard_window: torch.Tensor,
+                       frame_mask: torch.Tensor) -> torch.Tensor:
+    """[B,T,V,C] ×2 → [B,T,V,2C]; the difference is zeroed at padded frames."""
+    diff = (standard_window - learner_emb) * frame_mask[:, :, None, None]
+    return torch.cat([learner_emb, diff], dim=-1)

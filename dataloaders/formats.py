@@ -1,0 +1,145 @@
+"""Read clip files safely: `.pkl` (the released format), `.pt`/`.pth` (torch.save), `.npy` (one clip).
+
+The released pickles hold torch tensors, which plain pickle rebuilds through
+`torch.storage._load_from_bytes` -> `torch.load(weights_only=False)`: a downloaded file could run any code.
+We unpickle with a whitelist of globals and load every embedded storage with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import codecs
+import collections
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+
+
+def _safe_rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                         metadata=None):
+    # Replaces torch._utils._rebuild_tensor_v2: data only; backward hooks (callables) are never attached.
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise pickle.UnpicklingError(f"tensor storage is {type(storage).__name__}, expected a torch storage")
+    return torch._utils._rebuild_tensor(storage, storage_offset, tuple(size), tuple(stride))
+
+
+try:  # numpy >= 2 moved multiarray to numpy._core; pickles from either version name either module
+    from numpy._core import multiarray as _np_multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _np_multiarray
+
+_WHITELIST = {
+    ("torch._utils", "_rebuild_tensor_v2"): _safe_rebuild_tensor,
+    ("torch.storage", "_load_from_bytes"): "_load_from_bytes",  # SafeUnpickler._load_from_bytes
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): codecs.encode,  # protocol-2 pickles store bytes as _codecs.encode(str, 'latin1')
+    # numpy arrays/scalars only rebuild data; the class handed to _reconstruct must itself be whitelisted.
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(mod, name): getattr(_np_multiarray, name)
+       for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")},
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only the globals in _WHITELIST; anything else is a UserError."""
+
+    def __init__(self, file, path):
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module, name):
+        fn = _WHITELIST.get((module, name))
+        if fn is None:
+            raise UserError(f"{self._path}: refused to unpickle global {module}.{name} "
+                            "(not in the whitelist of data types)")
+        return getattr(self, fn) if isinstance(fn, str) else fn
+
+    def _load_from_bytes(self, b):
+        # Replaces torch.storage._load_from_bytes: same bytes, but torch's restricted (weights_only) loader.
+        if not isinstance(b, (bytes, bytearray)):
+            raise UserError(f"{self._path}: tensor storage payload is {type(b).__name__}, expected bytes")
+        try:
+            return torch.load(io.BytesIO(b), weights_only=True)
+        except Exception as e:
+            raise UserError(f"{self._path}: refused or corrupt embedded tensor data ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _read_pickle(path: Path):
+    with open(path, "rb") as f:
+        if zipfile.is_zipfile(f):  # a torch.save file named .pkl
+            f.seek(0)
+            return torch.load(f, weights_only=True)
+        f.seek(0)
+        return SafeUnpickler(f, path).load()
+
+
+def _to_float_tensor(x, path, i, key, clip):
+    if isinstance(x, torch.Tensor) and x.dtype == torch.float32:
+        return x.detach().contiguous()
+    try:
+        return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach(),
+                               dtype=torch.float32).contiguous()
+    except (TypeError, ValueError, RuntimeError) as e:
+        name = clip.get("video_name")
+        raise UserError(f"{path}: entry {i} (video_name {name!r}): key {key!r} is {type(x).__name__}, "
+                        f"expected a float array [frames, {66 if key == 'coordinates' else 'C'}] "
+                        f"({_first_line(e)})") from None
+
+
+def load_clips(path) -> list[dict]:
+    """Clips of a `.pkl`/`.pt`/`.pth`/`.npy` file as a list of dicts; coordinates as float32 tensors.
+
+    Not validated beyond that: call `validation.validate_clips` (or `datasets.load_dataset`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".pkl", ".pickle", ".pt", ".pth", ".npy"):
+        raise UserError(f"{path}: unsupported file type {suffix!r}, expected .pkl, .pt, .pth or .npy")
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if not path.is_file():
+        raise UserError(f"{path}: not a regular file")
+    try:
+        if suffix in (".pkl", ".pickle"):
+            obj = _read_pickle(path)
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(path, weights_only=True)
+        else:
+            obj = {"video_name": path.stem, "coordinates": np.load(path, allow_pickle=False)}
+    except UserError:
+        raise
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or _first_line(e)})") from None
+    except Exception as e:  # truncated/corrupt file, or content the restricted torch loader refused
+        raise UserError(f"{path}: unreadable or corrupt {suffix} file ({_first_line(e)})") from None
+
+    if isinstance(obj, dict):  # a single clip
+        obj = [obj]
+    if not isinstance(obj, (list, tuple)):
+        raise UserError(f"{path}: holds a {type(obj).__name__}, expected a list of clip dicts")
+    clips = list(obj)
+    for i, clip in enumerate(clips):
+        if not isinstance(clip, dict):
+            continue  # validate_clips reports it with context
+        for key in ("coordinates", "subtraction"):
+            if clip.get(key) is not None:
+                clip[key] = _to_float_tensor(clip[key], path, i, key, clip)
+    return clips
+
+
+def load_standards(path) -> dict[str, torch.Tensor]:
+    """{motion type (= the standard's video_name): coordinates [T, 66] float32}, validated."""
+    from dataloaders.validation import validate_clips
+
+    clips = load_clips(path)
+    validate_clips(clips, path, require_labels=False)
+    return {c["video_name"]: c["coordinates"] for c in clips}

@@ -1,0 +1,143 @@
+"""Checkpoints that survive crashes: atomic writes, an integrity digest, keep-last-k, safe loading.
+
+A checkpoint `epoch_0007.pt` is valid only once its digest `epoch_0007.pt.sha256` exists and matches:
+the digest is written after the checkpoint is fully on disk, so a kill at any moment leaves either a
+valid checkpoint or one that is skipped. Files load with `torch.load(weights_only=True)` only.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import random
+import re
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+
+log = logging.getLogger("motion2text")
+CKPT_RE = re.compile(r"^epoch_(\d{4,})(?:_step_(\d+))?\.pt$")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """temp file in the same folder → fsync → rename → fsync folder. On any error the temp file is
+    removed and the previous file at `path` is untouched."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:
+    """`epoch_0007.pt` after a whole epoch; `epoch_0007_step_000120.pt` when stopped inside epoch 8."""
+    return f"epoch_{epoch:04d}.pt" if step_in_epoch == 0 else f"epoch_{epoch:04d}_step_{step_in_epoch:06d}.pt"
+
+
+def save_checkpoint(folder: Path, name: str, state: dict, keep_last: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    path = folder / name
+    try:
+        atomic_write_bytes(path, payload)
+        atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(payload).hexdigest().encode())
+    except OSError as e:
+        raise UserError(f"{path}: could not write the checkpoint ({e.strerror or e}); "
+                        f"the previous checkpoints in {folder} are intact") from None
+    _prune(folder, keep_last)
+    return path
+
+
+def _sort_key(path: Path) -> tuple[int, int]:
+    m = CKPT_RE.match(path.name)
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint files of a folder, oldest first (by epoch, then step)."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if CKPT_RE.match(p.name)), key=_sort_key)
+
+
+def _prune(folder: Path, keep_last: int) -> None:
+    for old in list_checkpoints(folder)[:-keep_last]:
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
+
+
+def verify(path: Path) -> Optional[str]:
+    """None if the checkpoint is complete and intact, else the reason it is not."""
+    digest_file = path.with_name(path.name + ".sha256")
+    if not digest_file.is_file():
+        return "no integrity digest (the save did not finish)"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != digest_file.read_text().strip():
+        return "integrity digest mismatch (truncated or corrupted file)"
+    return None
+
+
+def load_checkpoint(path: Path, check_digest: bool = True) -> dict:
+    """Load a checkpoint with weights_only=True: a crafted file cannot run code."""
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    if check_digest and (reason := verify(path)):
+        raise UserError(f"{path}: invalid checkpoint: {reason}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError with long texts; keep the first line
+        raise UserError(f"{path}: refused or unreadable checkpoint ({str(e).splitlines()[0][:200]})") from None
+
+
+def newest_valid_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest checkpoint whose digest matches; invalid newer ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(folder)):
+        reason = verify(path)
+        if reason is None:
+            return path
+        log.warning("skipping checkpoint %s: %s", path, reason)
+    return None
+
+
+def rng_state() -> dict:
+    """This process's RNG states in types that weights_only loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,109 @@
+"""The whole model: STA-GCN skeleton encoder → (reference fusion) → projection → T5 (design §4).
+
+    coordinates [B,T,66] → features [B,6,T,22] → STA-GCN → emb [B,T,22,512]
+      branch 1: concat(emb, standard_window − emb)       branch 2: concat(emb, subtraction per joint)
+    → projection → tokens [B,N,d_model] (+ mask by policy) → T5 loss / generate
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from transformers import T5ForConditionalGeneration
+
+from alignment.reference import aligned_standard_window, first_frame_standard, fuse_with_standard
+from dataloaders.features import skeleton_features
+from engine.config import Config, GenerationConfig
+from models.projection import Projection
+from models.stagcn import STAGCN
+from models.tokenizer import CaptionCodec
+
+
+class MotionToText(nn.Module):
+    def __init__(self, cfg: Config, t5: T5ForConditionalGeneration, codec: CaptionCodec,
+                 subtraction_dim: int = 0, standards: Optional[dict[str, torch.Tensor]] = None):
+        super().__init__()
+        self.branch = cfg.BRANCH
+        self.pretrain = cfg.TASK.PRETRAIN
+        self.use_data_segment = cfg.ALIGNMENT.REFERENCE_SEGMENT != "NONE"
+        self.codec = codec
+        self.encoder = STAGCN(cfg.HIDDEN_CHANNEL, cfg.OUT_CHANNEL, cfg.DROPOUT)
+        emb_dim = 4 * cfg.OUT_CHANNEL
+        in_dim = emb_dim * (2 if self.branch == 1 else 1) + (subtraction_dim if self.branch == 2 else 0)
+        self.projection = Projection(in_dim, t5.config.d_model, cfg.TRANSFORMATION.REDUCTION_POLICY,
+                                     cfg.TRANSFORMATION.PROJECTION_DROPOUT)
+        self.t5 = t5
+        self.standard_names: list[str] = []
+        self.register_buffer("standard_coords", torch.zeros(0, 2, 66), persistent=False)  # [S,Ts,66]
+        self.register_buffer("standard_lengths", torch.zeros(0, dtype=torch.long), persistent=False)
+        if standards:
+            self.set_standards(standards)
+
+    def set_standards(self, standards: dict[str, torch.Tensor]) -> None:
+        """Standards are data, not weights: kept as non-persistent buffers that follow .to(device)."""
+        self.standard_names = list(standards)
+        coords = [standards[n].float() for n in self.standard_names]
+        device = self.standard_coords.device
+        self.standard_coords = pad_sequence(coords, batch_first=True).to(device)
+        self.standard_lengths = torch.tensor([len(c) for c in coords], device=device)
+
+    def embed_standards(self, motion_types: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embed each distinct standard of the batch once (no grad, eval mode) — not once per sample."""
+        distinct = sorted(set(motion_types))
+        rows = torch.tensor([self.standard_names.index(n) for n in distinct], device=self.standard_coords.device)
+        which = torch.tensor([distinct.index(m) for m in motion_types], device=rows.device)
+        lengths = self.standard_lengths[rows]
+        coords = self.standard_coords[rows, : int(lengths.max())]
+        mask = torch.arange(coords.shape[1], device=rows.device)[None, :] < lengths[:, None]
+        was_training = self.encoder.training
+        self.encoder.eval()
+        with torch.no_grad():
+            standard_emb, _, _ = self.encoder(skeleton_features(coords), mask)  # [S,Ts,22,C]
+        self.encoder.train(was_training)
+        return standard_emb, lengths, which
+
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ T5 input tokens [B,N,d_model], their mask [B,N], att_node [B,1,T,22], att_A [B,4,22,22]."""
+        coords, frame_mask = batch["coordinates"], batch["frame_mask"]
+        emb, att_node, att_A = self.encoder(skeleton_features(coords), frame_mask)  # emb [B,T,22,C]
+        if self.branch == 1:
+            if self.pretrain:
+                standard_window = first_frame_standard(emb)
+            else:
+                standard_emb, lengths, which = self.embed_standards(batch["motion_types"])
+                segment = (batch["segment_start"], batch["std_segment_start"]) if self.use_data_segment else (None, None)
+                standard_window = aligned_standard_window(emb, frame_mask, standard_emb, lengths, which, *segment)
+            emb = fuse_with_standard(emb, standard_window, frame_mask)
+        elif self.branch == 2:
+            extra = batch["subtraction"][:, :, None, :].expand(-1, -1, emb.shape[2], -1)  # [B,T,22,Cs]
+            emb = torch.cat([emb, extra.to(emb.dtype)], dim=-1)
+        tokens, token_mask = self.projection(emb, frame_mask)
+        return tokens, token_mask, att_node, att_A
+
+    def forward(self, batch: dict, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over non-pad label tokens (pads are -100: defect 5)."""
+        tokens, token_mask, _, _ = self.encode(batch)
+        return self.t5(inputs_embeds=tokens, attention_mask=token_mask.long(), labels=labels).loss
+
+    @torch.no_grad()
+    def generate(self, batch: dict, gen: GenerationConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Batched decoding; the prompt is the decoder prefix and is stripped from the captions."""
+        tokens, token_mask, att_node, att_A = self.encode(batch)  # float embeddings, never cast (defect 3)
+        prefix = self.codec.decoder_prefix(tokens.shape[0], self.t5.config.decoder_start_token_id)
+        out = self.t5.generate(
+            inputs_embeds=tokens, attention_mask=token_mask.long(), decoder_input_ids=prefix.to(tokens.device),
+            max_new_tokens=gen.MAX_LENGTH, num_beams=gen.NUM_BEAMS, repetition_penalty=gen.REPETITION_PENALTY,
+            length_penalty=gen.LENGTH_PENALTY, do_sample=False, early_stopping=gen.NUM_BEAMS > 1,
+        )
+        return self.codec.decode(out), att_node, att_A
+
+
+def build_motion2text(cfg: Config, tokenizer, subtraction_dim: int = 0,
+                      standards: Optional[dict[str, torch.Tensor]] = None) -> MotionToText:
+    """One code path for every run: T5 from T5.NAME or from the T5.* sizes, with the given tokenizer."""
+    from models.text_model import build_t5  # local: keeps `import models.motion2text` light for tools
+
+    return MotionToText(cfg, build_t5(cfg.T5, tokenizer), CaptionCodec(tokenizer, cfg.prompt),
+                        subtraction_dim=subtraction_dim, standards=standards)

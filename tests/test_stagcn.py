@@ -1,0 +1,123 @@
+"""Skeleton graph, ST-GC block and STA-GCN encoder (design §4, §7 defect 1). CPU, tiny sizes."""
+import numpy as np
+import pytest
+import torch
+
+from models.graph import SMPL_EDGES, SMPL_PARENTS, build_spatial_adjacency
+from models.stagcn import STAGCN, count_parameters
+
+V = 22
+
+
+def tiny_encoder(seed=0):
+    """hidden 4 / out 16, with random BN statistics so eval-mode BN shifts padded frames off zero."""
+    torch.manual_seed(seed)
+    model = STAGCN(hidden_channel=4, out_channel=16)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def features(B, T, seed):
+    return torch.randn(B, 6, T, V, generator=torch.Generator().manual_seed(seed))
+
+
+# ---- graph -------------------------------------------------------------------------------------
+
+def test_adjacency_has_seven_kernels_of_22_nodes():
+    assert build_spatial_adjacency().shape == (7, V, V)
+
+
+def test_hop1_edges_are_exactly_the_smpl_parent_pairs():
+    A = build_spatial_adjacency()
+    hop1 = (A[1] + A[2]) > 0
+    found = {(v, w) for v, w in zip(*np.nonzero(hop1))}
+    expected = {(c, p) for c, p in SMPL_EDGES} | {(p, c) for c, p in SMPL_EDGES}
+    assert len(SMPL_EDGES) == 21 and found == expected
+    # anatomy the shifted table (defect 1: edge (-1, 0) wrapping to joint 21) gets wrong
+    assert {(1, 0), (2, 0), (3, 0), (15, 12), (20, 18), (21, 19)} <= set(SMPL_EDGES)
+    assert not hop1[21, 0] and not hop1[0, 21]
+    assert hop1[0].sum() == 3  # pelvis: two hips and the spine
+
+
+def test_root_kernel_is_diagonal_and_hops_2_3_are_not_edges():
+    A = build_spatial_adjacency()
+    assert np.count_nonzero(A[0] - np.diag(np.diag(A[0]))) == 0 and (np.diag(A[0]) > 0).all()
+    hop23 = (A[3:].sum(0) > 0)
+    assert not (hop23 & ((A[1] + A[2]) > 0)).any() and not np.diag(hop23).any()
+
+
+def test_columns_are_normalised():
+    # normalize_digraph: A · D^-1 -> every node's incoming weights over all kernels sum to 1
+    np.testing.assert_allclose(build_spatial_adjacency().sum(axis=(0, 1)), np.ones(V), atol=1e-6)
+
+
+def test_edges_split_by_true_distance_to_pelvis():
+    A = build_spatial_adjacency()
+    # elbow 18 (7 hops from pelvis) gathers its shoulder 16 (6 hops) in the "nearer" hop-1 kernel,
+    # and the shoulder gathers the elbow in the other one; truncating distances at 3 hops would
+    # put both directions in kernel 1.
+    assert A[2, 16, 18] > 0 and A[1, 16, 18] == 0
+    assert A[1, 18, 16] > 0 and A[2, 18, 16] == 0
+
+
+def test_parents_table_is_zero_indexed():
+    assert SMPL_PARENTS[0] == -1 and min(SMPL_PARENTS[1:]) == 0 and len(SMPL_PARENTS) == V
+
+
+# ---- encoder -----------------------------------------------------------------------------------
+
+def test_parameter_count_matches_design():
+    assert count_parameters(STAGCN(hidden_channel=32, out_channel=128)) == 7_113_726
+
+
+@pytest.mark.parametrize("hidden, out", [(4, 16), (32, 128)])
+def test_every_parameter_gets_a_gradient_from_the_embedding(hidden, out):
+    torch.manual_seed(0)
+    model = STAGCN(hidden_channel=hidden, out_channel=out).train()
+    frame_mask = torch.tensor([[True] * 8, [True] * 5 + [False] * 3])
+    embedding, _, _ = model(features(2, 8, seed=1), frame_mask)
+    # random weights: a plain sum of BatchNorm outputs has zero gradient in train mode
+    (embedding * torch.randn_like(embedding)).sum().backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_output_shapes():
+    model = tiny_encoder()
+    embedding, att_node, att_A = model(features(2, 7, seed=1), torch.ones(2, 7, dtype=torch.bool))
+    assert embedding.shape == (2, 7, V, 64)
+    assert att_node.shape == (2, 1, 7, V)
+    assert att_A.shape == (2, 4, V, V)
+
+
+def test_padding_does_not_change_outputs():
+    model = tiny_encoder()
+    short, long = features(1, 10, seed=1), features(1, 16, seed=2)
+    padded = torch.cat([short, torch.randn(1, 6, 6, V) * 5], dim=2)  # garbage in padded frames
+    frame_mask = torch.ones(2, 16, dtype=torch.bool)
+    frame_mask[0, 10:] = False
+    with torch.no_grad():
+        alone = model(short, torch.ones(1, 10, dtype=torch.bool))
+        batched = model(torch.cat([padded, long]), frame_mask)
+    torch.testing.assert_close(batched[0][0, :10], alone[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[1][0, :, :10], alone[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[2][0], alone[2][0], atol=1e-5, rtol=1e-5)
+    # padded frames carry nothing downstream: zero attention and zero embedding
+    assert (batched[1][0, :, 10:] == 0).all() and (batched[0][0, 10:] == 0).all()
+
+
+def test_batch_equals_single_clips():
+    model = tiny_encoder()
+    clips = features(3, 12, seed=3)
+    frame_mask = torch.ones(3, 12, dtype=torch.bool)
+    with torch.no_grad():
+        batched = model(clips, frame_mask)
+        for i in range(3):
+            single = model(clips[i:i + 1], frame_mask[i:i + 1])
+            for b, s in zip(batched, single):
+                torch.testing.assert_close(b[i:i + 1], s, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,73 @@
+"""Train Motion2Text: `torchrun --nproc_per_node N train_t5_stagcn.py --cfg_file results/<exp>/config.yaml`.
+
+Pretraining (TASK.PRETRAIN: true) writes pretrain_checkpoints/; finetuning writes checkpoints/ and starts
+from the newest pretrain checkpoint. Launching the same command again resumes exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from engine.errors import EXIT_USER_ERROR, UserError
+
+log = logging.getLogger("motion2text")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cfg_file", required=True, help="results/<exp>/config.yaml")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set OPTIMIZER.LR=3e-4 DATA.BATCH_SIZE=8")
+    p.add_argument("--dry-run", action="store_true", help="build config, data and model, print a JSON summary, exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # Heavy imports after argument parsing: `--help` and config errors answer at once.
+    from engine.config import load_config, save_config
+    from engine.distributed import init_distributed, shutdown
+    from engine.experiment import build_experiment, parameter_counts
+    from engine.logs import setup_logging
+    from engine.trainer import StopRequested, Trainer, TrainingAborted
+    from metrics.caption import CaptionScorer
+    from models.tokenizer import save_tokenizer
+
+    try:
+        cfg = load_config(args.cfg_file, args.set)
+        dist = init_distributed(cfg.TRAIN.PG_TIMEOUT_S)
+        logdir = cfg.logdir
+        if dist.is_main and not args.dry_run:
+            logdir.mkdir(parents=True, exist_ok=True)
+        setup_logging(None if args.dry_run or not dist.is_main else logdir / "train.log", dist.rank)
+        exp = build_experiment(cfg, dist)
+        if args.dry_run:
+            summary = {"params": parameter_counts(exp.model),
+                       "data": {"train_samples": len(exp.train_set), "test_clips": len(exp.test_set)},
+                       "logdir": str(logdir), "world_size": dist.world_size}
+            print(json.dumps(summary))
+            return 0
+        if dist.is_main:
+            save_config(cfg, logdir / "config_resolved.yaml")
+            save_tokenizer(exp.model.codec.tokenizer, logdir / "tokenizer")
+        trainer = Trainer(exp, dist)
+        trainer.fit(CaptionScorer(meteor=cfg.EVAL.METEOR) if dist.is_main else None)
+        log.info("done: checkpoints in %s, predictions in %s", cfg.checkpoint_dir, logdir / "jsons")
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except StopRequested as e:
+        log.warning("%s", e)
+        return 1
+    except TrainingAborted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
