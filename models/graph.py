@@ -35,10 +35,10 @@ def build_spatial_adjacency(num_nodes=22, edges=SMPL_EDGES, center=PELVIS, max_h
         if not all(0 <= node < num_nodes for node in edge):
             raise ValueError(f"edge {edge} is outside nodes 0..{num_nodes - 1}")
     hop = hop_distance(num_nodes, edges, max_hop)
-    # The partition compares true distances to the centre. Truncating them at max_hop, as the
-    # reference ST-GCN code does, makes all joints >3 hops from the pelvis (the whole upper body)
-    # "equally far" and merges both directions of their edges into one kernel.
-    to_center = hop_distance(num_nodes, edges, num_nodes)[:, center]
+    # Distances to the centre are truncated at max_hop, exactly as the reference ST-GCN Graph (and so
+    # the published model) does: joints more than 3 hops from the pelvis count as equally far, so both
+    # directions of their edges share the "same distance or farther" kernel. Kept for fidelity.
+    to_center = hop[:, center]
     nearer = to_center[:, None] < to_center[None, :]  # [v, w]: v is nearer the centre than w
     norm = normalize_digraph((hop <= max_hop).astype(np.float64))
 

@@ -56,13 +56,15 @@ def test_columns_are_normalised():
     np.testing.assert_allclose(build_spatial_adjacency().sum(axis=(0, 1)), np.ones(V), atol=1e-6)
 
 
-def test_edges_split_by_true_distance_to_pelvis():
+def test_edges_split_by_distance_to_pelvis_truncated_at_max_hop_like_reference_stgcn():
     A = build_spatial_adjacency()
-    # elbow 18 (7 hops from pelvis) gathers its shoulder 16 (6 hops) in the "nearer" hop-1 kernel,
-    # and the shoulder gathers the elbow in the other one; truncating distances at 3 hops would
-    # put both directions in kernel 1.
-    assert A[2, 16, 18] > 0 and A[1, 16, 18] == 0
-    assert A[1, 18, 16] > 0 and A[2, 18, 16] == 0
+    # A[k, v, w]: what w gathers from v. Knee 4 (2 hops) gathers hip 1 (1 hop, nearer the pelvis) in the
+    # "nearer" kernel; the hip gathers the knee in the "same or farther" one
+    assert A[2, 1, 4] > 0 and A[1, 1, 4] == 0
+    assert A[1, 4, 1] > 0 and A[2, 4, 1] == 0
+    # elbow 18 and shoulder 16 are both > 3 hops away: the reference code's inf distances make them
+    # "equally far", so both directions fall into the same kernel (fidelity to the published model)
+    assert A[1, 16, 18] > 0 and A[1, 18, 16] > 0 and A[2, 16, 18] == 0 and A[2, 18, 16] == 0
 
 
 def test_parents_table_is_zero_indexed():
