@@ -1,0 +1,235 @@
+"""Projection, reference alignment and the whole STA-GCN → T5 model: masks, padding, generation, loss."""
+import pytest
+import torch
+
+from alignment.reference import fuse_with_standard
+from alignment.window_search import best_window_start, gather_window
+from models.projection import Projection, reduce_tokens
+from tests.helpers import make_batch, random_clip, take, tiny_config, tiny_model
+
+POLICIES = ["TIME_POOL", "SKELETON_POOL", "ORIGIN"]
+STANDARDS = {"Jab": random_clip(14, seed=100), "Cross": random_clip(9, seed=101)}
+
+
+# ---- projection ---------------------------------------------------------------------------------
+
+def test_time_pool_ignores_padded_frames_even_when_features_are_negative():
+    emb = -torch.rand(1, 6, 22, 8) - 1.0  # all negative: a max over zero-padding would return 0
+    mask = torch.tensor([[True] * 4 + [False] * 2])
+    tokens, token_mask = reduce_tokens(emb * mask[..., None, None], mask, "TIME_POOL")
+    assert torch.equal(tokens, emb[:, :4].amax(1))
+    assert token_mask.shape == (1, 22) and token_mask.all()
+
+
+@pytest.mark.parametrize("policy, n_tokens", [("TIME_POOL", 22), ("SKELETON_POOL", 6), ("ORIGIN", 6 * 22)])
+def test_token_mask_follows_the_policy(policy, n_tokens):
+    emb = torch.randn(2, 6, 22, 8)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    tokens, token_mask = reduce_tokens(emb, mask, policy)
+    assert tokens.shape == (2, n_tokens, 8) and token_mask.shape == (2, n_tokens)
+    expected_valid = {"TIME_POOL": 22, "SKELETON_POOL": 3, "ORIGIN": 3 * 22}[policy]
+    assert int(token_mask[1].sum()) == expected_valid
+
+
+def test_projection_output_is_zero_on_masked_tokens_and_batchnorm_sees_valid_tokens_only():
+    torch.manual_seed(0)
+    proj = Projection(8, 12, "SKELETON_POOL").train()
+    emb = torch.randn(2, 5, 22, 8)
+    mask = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+    out, token_mask = proj(emb, mask)
+    assert out.shape == (2, 5, 12)
+    assert torch.all(out[1, 2:] == 0)
+    # Changing padded frames must not change anything (train mode: BN statistics would see them).
+    emb2 = emb.clone()
+    emb2[1, 2:] = 1e3
+    torch.manual_seed(1)
+    out_a, _ = proj(emb, mask)
+    torch.manual_seed(1)
+    out_b, _ = proj(emb2, mask)
+    assert torch.allclose(out_a, out_b)
+
+
+# ---- alignment ----------------------------------------------------------------------------------
+
+def brute_force_start(learner, mask, standard, std_len):
+    """Reference: try every start in Python (what the original did, slowly)."""
+    starts = []
+    for b in range(learner.shape[0]):
+        L, Ls = int(mask[b].sum()), int(std_len[b])
+        std = standard[b, :Ls]
+        if L > Ls:
+            std = torch.cat([std, std[-1:].expand(L - Ls, -1)])
+        costs = [((std[s:s + L] - learner[b, :L]) ** 2).sum() for s in range(max(Ls - L, 0) + 1)]
+        starts.append(int(torch.stack(costs).argmin()))
+    return starts
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_vectorised_window_search_equals_brute_force(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T, D, Ts = 6, 12, 5, 16
+    lengths = torch.randint(2, T + 1, (B,), generator=g)
+    lengths[0] = T
+    mask = torch.arange(T)[None] < lengths[:, None]
+    learner = torch.randn(B, T, D, generator=g) * mask[..., None]
+    std_len = torch.randint(2, Ts + 1, (B,), generator=g)
+    std_len[1] = 3  # learner longer than its standard: must not crash (defect 6)
+    standard = torch.randn(B, Ts, D, generator=g)
+    assert best_window_start(learner, mask, standard, std_len).tolist() == brute_force_start(learner, mask, standard, std_len)
+
+
+def test_window_search_finds_a_planted_segment():
+    g = torch.Generator().manual_seed(0)
+    standard = torch.randn(1, 30, 4, generator=g)
+    learner = standard[:, 11:21].clone()
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    assert best_window_start(learner, mask, standard, torch.tensor([30])).item() == 11
+
+
+def test_gather_window_repeats_the_last_frame_past_the_end_of_the_standard():
+    standard = torch.arange(2 * 5, dtype=torch.float).view(2, 5, 1)  # two standards
+    lengths = torch.tensor([5, 3])
+    which = torch.tensor([1, 0])
+    window = gather_window(standard, lengths, which, torch.tensor([1, 3]), 4)
+    assert window[0, :, 0].tolist() == [6.0, 7.0, 7.0, 7.0]  # standard 1 has 3 valid frames: 5, 6, 7
+    assert window[1, :, 0].tolist() == [3.0, 4.0, 4.0, 4.0]
+
+
+def test_fusion_uses_each_samples_own_embedding():
+    learner = torch.randn(3, 4, 22, 2)
+    standard = torch.randn(3, 4, 22, 2)
+    fused = fuse_with_standard(learner, standard, torch.ones(3, 4, dtype=torch.bool))
+    # the original subtracted query[0] for every item (defect 6)
+    assert torch.equal(fused[..., 2:], standard - learner)
+    assert torch.equal(fused[..., :2], learner)
+
+
+# ---- the whole model ----------------------------------------------------------------------------
+
+def model_and_batch(policy, branch=0, pretrain=True, segment="NONE"):
+    cfg = tiny_config(BRANCH=branch, TASK={"PRETRAIN": pretrain}, TRANSFORMATION={"REDUCTION_POLICY": policy},
+                      ALIGNMENT={"REFERENCE_SEGMENT": segment}, DATA={"STANDARD": "s.pkl"})
+    model = tiny_model(cfg, standards=STANDARDS if branch == 1 else None, subtraction_dim=3 if branch == 2 else 0)
+    clips = [random_clip(10, seed=1), random_clip(17, seed=2), random_clip(6, seed=3)]
+    batch = make_batch(clips, motion_types=["Jab", "Cross", "Jab"], subtraction_dim=3 if branch == 2 else 0)
+    return model.eval(), batch
+
+
+def logits(model, batch, labels):
+    tokens, token_mask, _, _ = model.encode(batch)
+    return model.t5(inputs_embeds=tokens, attention_mask=token_mask.long(), labels=labels).logits
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("branch, pretrain", [(0, True), (1, False), (1, True), (2, False)])
+def test_padding_does_not_change_logits_or_text(policy, branch, pretrain):
+    model, batch = model_and_batch(policy, branch, pretrain)
+    labels = model.codec.encode_targets(["a person walks", "raises the arm", "squats down"])
+    with torch.no_grad():
+        batched = logits(model, batch, labels)
+        for i in range(3):
+            alone = logits(model, take(batch, i), labels[i:i + 1])
+            assert torch.allclose(batched[i], alone[0], atol=1e-4), f"clip {i}"
+    texts, _, _ = model.generate(batch, model_and_batch_gen())
+    for i in range(3):
+        alone, _, _ = model.generate(take(batch, i), model_and_batch_gen())
+        assert alone[0] == texts[i]
+
+
+def model_and_batch_gen(num_beams=1):
+    return tiny_config(GENERATION={"NUM_BEAMS": num_beams, "MAX_LENGTH": 8}).GENERATION
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_batched_generation_equals_one_by_one_and_strips_the_prompt(num_beams):
+    model, batch = model_and_batch("TIME_POOL")
+    gen = model_and_batch_gen(num_beams)
+    texts, att_node, att_A = model.generate(batch, gen)
+    assert att_node.shape == (3, 1, 17, 22) and att_A.shape == (3, 4, 22, 22)
+    for i in range(3):
+        alone, _, _ = model.generate(take(batch, i), gen)
+        assert alone == [texts[i]]
+    assert not any(t.startswith("Motion") for t in texts)
+
+
+def test_generation_starts_from_the_prompt_of_the_task_and_feeds_float_embeddings(monkeypatch):
+    model, batch = model_and_batch("TIME_POOL", branch=0, pretrain=True)
+    seen = {}
+    original = model.t5.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(model.t5, "generate", spy)
+    model.generate(batch, model_and_batch_gen())
+    assert seen["inputs_embeds"].is_floating_point()  # the original cast them with .long() (defect 3)
+    prefix = model.codec.tokenizer.decode(seen["decoder_input_ids"][0, 1:])
+    assert prefix.strip() == "Motion Description :"  # defect 4: prompts swapped at evaluation
+    finetune, _ = model_and_batch("TIME_POOL", branch=0, pretrain=False)
+    assert finetune.codec.tokenizer.decode(finetune.codec.prompt_ids).strip() == "Motion Instruction :"
+
+
+def test_pad_label_positions_do_not_change_the_loss():
+    model, batch = model_and_batch("TIME_POOL")
+    labels = model.codec.encode_targets(["a person walks", "raises the left arm now", "jumps"])
+    assert (labels == -100).any()
+    wider = torch.cat([labels, torch.full((3, 5), -100)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(model(batch, labels), model(batch, wider), atol=1e-6)
+
+
+def test_labels_are_prompt_then_caption_then_eos():
+    model, _ = model_and_batch("TIME_POOL", pretrain=False)
+    labels = model.codec.encode_targets(["keep your hand at chin"])[0]
+    n = len(model.codec.prompt_ids)
+    assert labels[:n].tolist() == model.codec.prompt_ids
+    assert labels[-1].item() == model.codec.tokenizer.eos_token_id
+    assert model.codec.tokenizer.decode(labels[n:-1]).strip() == "keep your hand at chin"
+
+
+def test_each_distinct_standard_is_embedded_once_per_step_without_grad():
+    model, batch = model_and_batch("TIME_POOL", branch=1, pretrain=False)
+    model.train()
+    calls = []
+
+    def count(module, args):
+        calls.append((args[0].shape[0], torch.is_grad_enabled(), module.training))
+
+    handle = model.encoder.register_forward_pre_hook(count)
+    labels = model.codec.encode_targets(["a", "b", "c"])
+    model(batch, labels).backward()
+    handle.remove()
+    # one call for the 3 learner clips (train mode, grad), one for the 2 distinct standards (eval, no grad)
+    assert sorted(calls) == sorted([(3, True, True), (2, False, False)])
+    assert model.encoder.training
+
+
+def test_data_segment_sets_the_standard_window_start():
+    model, batch = model_and_batch("TIME_POOL", branch=1, pretrain=False, segment="ALIGNED")
+    batch["segment_start"] = torch.tensor([0, 0, 2])
+    batch["std_segment_start"] = torch.tensor([3, 0, 2])
+    captured = {}
+    import alignment.reference as ref
+
+    original = ref.gather_window
+
+    def spy(standard, lengths, which, start, n):
+        captured["start"] = start.tolist()
+        return original(standard, lengths, which, start, n)
+
+    ref.gather_window = spy
+    try:
+        model.encode(batch)
+    finally:
+        ref.gather_window = original
+    assert captured["start"] == [3, 0, 0]
+
+
+def test_every_parameter_of_the_whole_model_gets_a_gradient():
+    for branch, pretrain in [(0, True), (1, False), (2, False)]:
+        model, batch = model_and_batch("TIME_POOL", branch, pretrain)
+        model.train()
+        model(batch, model.codec.encode_targets(["a person walks", "jumps", "squats"])).backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None]
+        assert not missing, (branch, missing[:5])
