@@ -10,7 +10,6 @@ import codecs
 import collections
 import io
 import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +68,36 @@ class SafeUnpickler(pickle.Unpickler):
             raise UserError(f"{self._path}: refused or corrupt embedded tensor data ({_first_line(e)})") from None
 
 
+# torch.load(weights_only=True) refuses numpy arrays unless allowlisted; numeric dtypes only (no objects).
+_TORCH_NUMPY_GLOBALS = [_np_multiarray._reconstruct, _np_multiarray.scalar, np.ndarray, np.dtype] + [
+    getattr(np.dtypes, f"{k}DType") for k in ("Bool", "Float16", "Float32", "Float64", "Int8", "Int16", "Int32",
+                                              "Int64", "UInt8", "UInt16", "UInt32", "UInt64")]
+
+
+def _torch_load(f):
+    with torch.serialization.safe_globals(_TORCH_NUMPY_GLOBALS):
+        return torch.load(f, weights_only=True)
+
+
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    """One informative line of an exception (torch's weights_only errors are paragraphs of advice)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = [ln.split("WeightsUnpickler error:")[-1].strip() for ln in lines[1:]
+                  if not ln.startswith(("Check the documentation", "(1)", "(2)"))]
+        detail = [d.split(" was not an allowed global")[0] for d in detail if d and not d.startswith("Please file")]
+        lines = [f"torch's weights_only loader refused it: {detail[0] if detail else 'unsupported content'}"]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def _read_pickle(path: Path):
     with open(path, "rb") as f:
-        if zipfile.is_zipfile(f):  # a torch.save file named .pkl
-            f.seek(0)
-            return torch.load(f, weights_only=True)
+        head = f.read(4)
         f.seek(0)
+        # A torch.save (zip) file named .pkl. Test the magic, not zipfile.is_zipfile: that looks for a zip
+        # directory near the end, which a pickle ending in an embedded tensor blob also has.
+        if head == b"PK\x03\x04":
+            return _torch_load(f)
         return SafeUnpickler(f, path).load()
 
 
@@ -112,7 +130,7 @@ def load_clips(path) -> list[dict]:
         if suffix in (".pkl", ".pickle"):
             obj = _read_pickle(path)
         elif suffix in (".pt", ".pth"):
-            obj = torch.load(path, weights_only=True)
+            obj = _torch_load(path)
         else:
             obj = {"video_name": path.stem, "coordinates": np.load(path, allow_pickle=False)}
     except UserError:

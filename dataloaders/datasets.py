@@ -1,0 +1,138 @@
+"""Datasets over validated clips, the batch collate function, and `load_dataset` (load + validate).
+
+Datasets yield raw labels; the model prepends the task prompt (pretrain/finetune), so the two prompts
+live here once and are never swapped (design §7.4).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import Dataset
+
+from dataloaders.formats import load_clips, load_standards
+from dataloaders.validation import SEGMENTS, segment_keys, validate_clips
+from engine.errors import UserError
+
+PRETRAIN_PROMPT = "Motion Description : "
+FINETUNE_PROMPT = "Motion Instruction : "
+
+
+def _segment(clip: dict, segment: str) -> Optional[tuple[int, int]]:
+    """(learner start, standard start) of the data's reference segment, or None.
+
+    None also when the clip lacks the keys (pretraining data has none; there the first frame serves as
+    the standard). load_dataset makes them mandatory where they are used: finetuning with BRANCH 1."""
+    if segment == "NONE":
+        return None
+    start, _, std_start, _, _ = segment_keys(segment)
+    if start not in clip or std_start not in clip:
+        return None
+    return int(clip[start]), int(clip[std_start])
+
+
+def _norm_segment(segment: str) -> str:
+    segment = str(segment).upper()
+    if segment not in SEGMENTS:
+        raise UserError(f"reference segment {segment!r}: expected one of {', '.join(SEGMENTS)}")
+    return segment
+
+
+class _ClipDataset(Dataset):
+    def __init__(self, clips: list[dict], segment: str = "NONE"):
+        self.clips = clips
+        self.segment = _norm_segment(segment)
+
+    def _item(self, ci: int) -> dict:
+        clip = self.clips[ci]
+        sub = clip.get("subtraction")
+        return {
+            "video_name": clip["video_name"],
+            "coordinates": torch.as_tensor(clip["coordinates"], dtype=torch.float32),  # no copy if float32
+            "motion_type": clip.get("motion_type"),
+            "segment": _segment(clip, self.segment),
+            "subtraction": None if sub is None else torch.as_tensor(sub, dtype=torch.float32),
+        }
+
+
+class TrainDataset(_ClipDataset):
+    """One sample per (clip, label) pair, plus `augmented_labels` when switched on."""
+
+    def __init__(self, clips: list[dict], use_augmented_labels: bool = False, segment: str = "NONE"):
+        super().__init__(clips, segment)
+        # (clip index, text): the texts are references to the clip's strings, coordinates are never copied.
+        self.index: list[tuple[int, str]] = []
+        for ci, clip in enumerate(clips):
+            texts = list(clip.get("labels") or [])
+            if use_augmented_labels:
+                texts += [t for t in clip.get("augmented_labels") or [] if isinstance(t, str) and t.strip()]
+            self.index += [(ci, t) for t in texts]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        ci, text = self.index[i]
+        return {**self._item(ci), "text": text}
+
+
+class EvalDataset(_ClipDataset):
+    """One item per clip with all its labels as `references` (empty list for unlabeled clips)."""
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self._item(i), "references": list(self.clips[i].get("labels") or [])}
+
+
+def _pad(seqs: list[torch.Tensor]) -> torch.Tensor:
+    return pad_sequence(seqs, batch_first=True, padding_value=0.0)  # [B, Tmax, C], zeros after each clip
+
+
+def collate(items: list[dict]) -> dict:
+    """Batch of dataset items -> padded tensors; see the keys below."""
+    coords = [it["coordinates"] for it in items]
+    lengths = torch.tensor([c.shape[0] for c in coords], dtype=torch.long)
+    padded = _pad(coords)
+    batch = {
+        "video_names": [it["video_name"] for it in items],
+        "coordinates": padded,  # [B, Tmax, 66]
+        "frame_mask": torch.arange(padded.shape[1])[None, :] < lengths[:, None],  # [B, Tmax] True = real
+        "lengths": lengths,
+        "motion_types": [it.get("motion_type") for it in items],
+    }
+    if "text" in items[0]:
+        batch["texts"] = [it["text"] for it in items]
+    if "references" in items[0]:
+        batch["references"] = [it["references"] for it in items]
+    if all(it.get("segment") is not None for it in items):
+        seg = torch.tensor([it["segment"] for it in items], dtype=torch.long)  # [B, 2]
+        batch["segment_start"], batch["std_segment_start"] = seg[:, 0], seg[:, 1]
+    if all(it.get("subtraction") is not None for it in items):
+        batch["subtraction"] = _pad([it["subtraction"] for it in items])  # [B, Tmax, C]
+    return batch
+
+
+def load_dataset(path, *, pretrain: bool, branch: int, segment: str = "NONE", standards=None,
+                 require_labels: bool = True) -> list[dict]:
+    """Load and validate a train/test file with what the task needs.
+
+    Finetuning needs `motion_type`; finetuning with BRANCH 1 needs `standards` (a dict from load_standards,
+    or its path) covering every motion type, and the segment keys when `segment` is GT/ALIGNED/ERROR;
+    BRANCH 2 needs `subtraction`. `require_labels=False` admits unlabeled files for inference."""
+    segment = _norm_segment(segment)
+    if branch not in (0, 1, 2):
+        raise UserError(f"BRANCH {branch!r}: expected 0, 1 or 2")
+    if standards is not None and not isinstance(standards, dict):
+        standards = load_standards(Path(standards))
+    use_standard = branch == 1 and not pretrain
+    if use_standard and standards is None:
+        raise UserError(f"{path}: BRANCH 1 finetuning needs the standards file (config key DATA.STANDARD)")
+    clips = load_clips(path)
+    validate_clips(clips, path, require_labels=require_labels, require_motion_type=not pretrain,
+                   standards=standards if use_standard else None,
+                   segment=segment if use_standard else "NONE", require_subtraction=branch == 2)
+    return clips
