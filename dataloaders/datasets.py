@@ -70,6 +70,11 @@ class TrainDataset(_ClipDataset):
                 texts += [t for t in clip.get("augmented_labels") or [] if isinstance(t, str) and t.strip()]
             self.index += [(ci, t) for t in texts]
 
+    @property
+    def lengths(self) -> list[int]:
+        """Frames of each sample, for length-bucketed batching."""
+        return [len(self.clips[ci]["coordinates"]) for ci, _ in self.index]
+
     def __len__(self) -> int:
         return len(self.index)
 
@@ -83,6 +88,10 @@ class EvalDataset(_ClipDataset):
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(c["coordinates"]) for c in self.clips]
 
     def __getitem__(self, i: int) -> dict:
         return {**self._item(i), "references": list(self.clips[i].get("labels") or [])}

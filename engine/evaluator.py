@@ -27,8 +27,7 @@ log = logging.getLogger("motion2text")
 def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_size: int, gen: GenerationConfig,
             num_workers: int = 0, autocast_dtype: Optional[torch.dtype] = None) -> dict[str, dict]:
     """{video_name: {"caption", "att_node" [T][22], "att_A" [4][22][22]}} for every clip, on every rank."""
-    lengths = [len(dataset.clips[i]["coordinates"]) for i in range(len(dataset))]
-    sampler = ShardedEvalSampler(len(dataset), dist.world_size, dist.rank, lengths=lengths)
+    sampler = ShardedEvalSampler(len(dataset), dist.world_size, dist.rank, lengths=dataset.lengths)
     # Its own generator: evaluating never advances the global RNG, so resumed runs match uninterrupted ones.
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                         num_workers=num_workers, generator=torch.Generator())
