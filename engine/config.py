@@ -144,7 +144,9 @@ class Config:
 
     @property
     def prompt(self) -> str:
-        return "Motion Description : " if self.TASK.PRETRAIN else "Motion Instruction : "
+        from dataloaders.datasets import FINETUNE_PROMPT, PRETRAIN_PROMPT
+
+        return PRETRAIN_PROMPT if self.TASK.PRETRAIN else FINETUNE_PROMPT
 
     @property
     def checkpoint_dir(self) -> Path:

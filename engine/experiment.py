@@ -52,14 +52,20 @@ def subtraction_dim(clips: list[dict], branch: int) -> int:
 
 
 def resolve_init_weights(cfg: Config) -> Optional[Path]:
-    """Finetuning init: WEIGHT_PATH, else the newest valid checkpoint in pretrain_checkpoints/."""
-    if cfg.TASK.PRETRAIN:
-        return cfg.path(cfg.WEIGHT_PATH) if cfg.WEIGHT_PATH else None
+    """Initial weights of a new run: WEIGHT_PATH (a checkpoint file, or a folder → its newest valid
+    checkpoint); for finetuning without WEIGHT_PATH, the newest valid one in pretrain_checkpoints/."""
     if cfg.WEIGHT_PATH:
         path = cfg.path(cfg.WEIGHT_PATH)
+        if path.is_dir():
+            newest = ckpt.newest_valid_checkpoint(path)
+            if newest is None:
+                raise UserError(f"config key WEIGHT_PATH: no valid checkpoint in folder {path}")
+            return newest
         if not path.is_file():
-            raise UserError(f"config key WEIGHT_PATH: {path} not found, expected a checkpoint file")
+            raise UserError(f"config key WEIGHT_PATH: {path} not found, expected a checkpoint file or folder")
         return path
+    if cfg.TASK.PRETRAIN:
+        return None
     return ckpt.newest_valid_checkpoint(cfg.logdir / "pretrain_checkpoints")
 
 

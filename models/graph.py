@@ -6,9 +6,9 @@ node and one for neighbours nearer to it -> A of shape [1 + 2 * 3, 22, 22] = [7,
 """
 import numpy as np
 
-# Parent of each SMPL joint, already 0-indexed: the original subtracted 1 again and built a wrong
-# skeleton with an edge (-1, 0) (design §7, defect 1). Bone features use the same table.
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
+# The parent table is already 0-indexed: the original subtracted 1 again and built a wrong skeleton
+# with an edge (-1, 0) (design §7, defect 1). One table serves the graph and the bone features.
+from dataloaders.features import SMPL_PARENTS
 SMPL_EDGES = [(child, parent) for child, parent in enumerate(SMPL_PARENTS) if parent >= 0]  # 21
 PELVIS = 0
 
