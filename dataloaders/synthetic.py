@@ -146,25 +146,34 @@ def _pretrain_clip(rng):
 DEVIATIONS = ("guard_drop", "short", "flare", "slow", "no_rotation")  # no_rotation: Cross only
 
 
-def instruction(dev: str, motion_type: str, augmented: bool = False) -> str:
-    """The coaching instruction for one deviation (deterministic; `augmented` gives the paraphrase)."""
+def instruction(dev: str, motion_type: str, variant: int = 0) -> str:
+    """Coaching instruction for one deviation: variant 0 is the clip's label, variants 1-3 paraphrases
+    (its `augmented_labels`). Deterministic."""
     punch = motion_type.lower()
     guard = "rear" if motion_type == "Jab" else "lead"
-    main = {
-        "guard_drop": f"Your {guard} hand drops, keep it at the chin.",
-        "short": f"Extend your arm fully on the {punch}.",
-        "flare": f"Keep your elbow in, it flares out on the {punch}.",
-        "slow": f"Throw the {punch} faster, it is too slow.",
-        "no_rotation": "Rotate your hips into the cross.",
+    phrasings = {
+        "guard_drop": (f"Your {guard} hand drops, keep it at the chin.",
+                       f"Keep your {guard} hand up by your chin, it drops during the {punch}.",
+                       f"Don't let your {guard} hand fall while you throw the {punch}.",
+                       f"Your {guard} hand should stay at the chin."),
+        "short": (f"Extend your arm fully on the {punch}.",
+                  f"Your {punch} falls short, reach full extension.",
+                  f"Reach further, your arm stays bent on the {punch}.",
+                  f"Straighten the arm completely when you throw the {punch}."),
+        "flare": (f"Keep your elbow in, it flares out on the {punch}.",
+                  f"Your elbow flares out on the {punch}, keep it tucked in.",
+                  f"Tuck your elbow, don't swing it wide on the {punch}.",
+                  f"The elbow drifts outward on the {punch}, keep it close."),
+        "slow": (f"Throw the {punch} faster, it is too slow.",
+                 f"Your {punch} is too slow, snap it out faster.",
+                 f"Speed up the {punch}, it takes too long.",
+                 f"Make the {punch} quicker."),
+        "no_rotation": ("Rotate your hips into the cross.",
+                        "Turn your hips more when you throw the cross.",
+                        "Your hips stay square, drive them through the cross.",
+                        "Put your hips into the cross."),
     }
-    para = {
-        "guard_drop": f"Keep your {guard} hand up by your chin, it drops during the {punch}.",
-        "short": f"Your {punch} falls short, reach full extension.",
-        "flare": f"Your elbow flares out on the {punch}, keep it tucked in.",
-        "slow": f"Your {punch} is too slow, snap it out faster.",
-        "no_rotation": "Turn your hips more when you throw the cross.",
-    }
-    return (para if augmented else main)[dev]
+    return phrasings[dev][variant]
 
 
 def _boxing(T, t0, dur, motion_type, devs, scale=1.0):
@@ -204,9 +213,9 @@ def _standard(motion_type, rng):
 def _finetune_clip(rng, name):
     motion_type = ("Jab", "Cross")[rng.integers(2)]
     allowed = DEVIATIONS if motion_type == "Cross" else DEVIATIONS[:4]
-    k = int(rng.integers(1, 4))
-    chosen = set(rng.choice(allowed, k, replace=False).tolist())
-    devs = tuple(d for d in allowed if d in chosen)  # canonical order -> deterministic label order
+    # One deviation per clip and one label naming it: a constant caption then fits few clips, so a model
+    # must read the motion to beat it (with several deviations per clip one caption fits most clips).
+    devs = (allowed[int(rng.integers(len(allowed)))],)
     dur = (rng.uniform(28, 34) if "slow" in devs else rng.uniform(11, 15)) * (1.15 if motion_type == "Cross" else 1)
     T = int(rng.integers(max(32, int(dur) + 10), 81))
     t0 = rng.uniform(4, T - dur - 4)
@@ -221,8 +230,8 @@ def _finetune_clip(rng, name):
     entry = {
         "video_name": name, "motion_type": motion_type, "coordinates": torch.from_numpy(coords),
         "camera_view": view,
-        "labels": [instruction(x, motion_type) for x in devs],
-        "augmented_labels": [instruction(x, motion_type, augmented=True) for x in devs],
+        "labels": [instruction(devs[0], motion_type)],
+        "augmented_labels": [instruction(devs[0], motion_type, v) for v in (1, 2, 3)],
         "original_seq_len": T,
         "aligned_start_frame": a, "aligned_end_frame": b,
         "aligned_std_start_frame": a + d, "aligned_std_end_frame": b + d, "aligned_seq_len": b - a,

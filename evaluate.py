@@ -1,0 +1,237 @@
+"""Score captions offline, caption new clips with a trained checkpoint, draw attention pictures.
+
+    python evaluate.py --exp results/<exp>                       # score every jsons/results_epoch*.json
+    python evaluate.py --pred preds.json --ann refs.pkl|refs.json [--json out.json]
+    python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH [--data clips.pkl|clip.npy]
+                       [--out preds.json] [--motion-type Jab]
+    any of them: [--no-meteor] [--spice] [--bertscore]; with --exp: [--plot-attention DIR [--epoch N]]
+
+Metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, PTB tokenizer, all references of a clip), on the
+0-100 scale. With --exp, METEOR follows the config's EVAL.METEOR unless --meteor/--no-meteor says otherwise.
+Exit status 0 on success, 2 on a problem with the input (one `error: ...` line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from engine.errors import EXIT_USER_ERROR, UserError
+
+log = logging.getLogger("motion2text")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    src = p.add_argument_group("what to score")
+    src.add_argument("--exp", help="experiment folder results/<exp> (or its config.yaml)")
+    src.add_argument("--pred", help="predictions JSON {video_name: caption}")
+    src.add_argument("--ann", help="references: dataset file (.pkl/.pt/.pth, its 'labels') or JSON "
+                                   "{video_name: [reference, ...]}")
+    src.add_argument("--json", metavar="METRICS_JSON", help="also write the metrics to this JSON file")
+    inf = p.add_argument_group("inference (with --exp)")
+    inf.add_argument("--checkpoint", metavar="latest|best|PATH",
+                     help="generate captions with this checkpoint: latest valid, best CIDEr in metrics.json "
+                          "that still has a checkpoint, or a checkpoint file/folder")
+    inf.add_argument("--data", help="clips to caption: dataset file or one .npy clip [T, 66] "
+                                    "(default: the config's DATA.TEST); scored when every clip has labels")
+    inf.add_argument("--out", help="predictions JSON to write (default: <exp>/inference/<checkpoint>_<data>.json)")
+    inf.add_argument("--motion-type", help="technique of clips that name none (BRANCH 1 finetuning needs it, "
+                                           "e.g. Jab)")
+    inf.add_argument("--batch-size", type=int, help="clips per generation batch (default: DATA.EVAL_BATCH_SIZE)")
+    inf.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                     help="override config keys, e.g. --set GENERATION.NUM_BEAMS=3")
+    met = p.add_argument_group("metrics")
+    met.add_argument("--meteor", action=argparse.BooleanOptionalAction, default=None,
+                     help="compute METEOR (Java, ~15 s start-up; default on, with --exp: EVAL.METEOR)")
+    met.add_argument("--spice", action="store_true", help="also SPICE (needs the Stanford CoreNLP jars)")
+    met.add_argument("--bertscore", action="store_true", help="also BERTScore (needs bert_score and roberta-large)")
+    plot = p.add_argument_group("attention pictures (with --exp)")
+    plot.add_argument("--plot-attention", metavar="DIR", help="write one PNG per clip into DIR")
+    plot.add_argument("--epoch", type=int, help="epoch whose attention to draw (default: best CIDEr, else the "
+                                                "latest with attention files); not with --checkpoint")
+    plot.add_argument("--max-plots", type=int, default=0, help="draw at most this many clips (0: all)")
+    return p.parse_args(argv)
+
+
+def check_args(a: argparse.Namespace) -> None:
+    if bool(a.exp) == bool(a.pred):
+        raise UserError("give either --exp results/<exp> or --pred preds.json --ann refs (see --help)")
+    if a.pred and not a.ann:
+        raise UserError("--pred needs --ann (a dataset file or a JSON {video_name: [reference, ...]})")
+    if a.ann and not a.pred:
+        raise UserError("--ann goes with --pred; with --exp the references are the config's DATA.TEST")
+    if a.pred:
+        for opt in ("checkpoint", "data", "out", "motion_type", "plot_attention", "epoch", "batch_size"):
+            if getattr(a, opt) is not None:
+                raise UserError(f"--{opt.replace('_', '-')} needs --exp (a predictions file has no model or "
+                                "attention maps)")
+        if a.set:
+            raise UserError("--set needs --exp (config overrides)")
+    if not a.checkpoint:
+        for opt in ("data", "out", "motion_type", "batch_size"):
+            if getattr(a, opt) is not None:
+                raise UserError(f"--{opt.replace('_', '-')} needs --checkpoint latest|best|PATH")
+    elif a.epoch is not None:
+        raise UserError("--epoch picks the saved predictions of an epoch; with --checkpoint the attention of "
+                        "the new predictions is drawn")
+    if a.batch_size is not None and a.batch_size < 1:
+        raise UserError(f"--batch-size {a.batch_size}: expected >= 1")
+    if a.max_plots < 0:
+        raise UserError(f"--max-plots {a.max_plots}: expected >= 0")
+
+
+def make_scorer(a, default_meteor: bool = True):
+    from metrics.caption import CaptionScorer
+
+    return CaptionScorer(meteor=default_meteor if a.meteor is None else a.meteor, spice=a.spice,
+                         bertscore=a.bertscore)
+
+
+def config_path(exp: str) -> Path:
+    p = Path(exp)
+    if p.is_dir():
+        return p / "config.yaml"
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    raise UserError(f"--exp {exp}: not found, expected an experiment folder results/<exp> or its config.yaml")
+
+
+# ---- modes ---------------------------------------------------------------------------------------
+
+def score_predictions_file(a) -> int:
+    from metrics.report import format_table, load_predictions, load_references, write_json
+
+    preds, refs = load_predictions(Path(a.pred)), load_references(Path(a.ann))
+    scorer = make_scorer(a)
+    try:
+        metrics = scorer.score(preds, refs)
+    except UserError as e:
+        raise UserError(f"{a.pred} vs {a.ann}: {e}") from None
+    print(format_table({Path(a.pred).name: metrics}, list(scorer.keys), label="predictions"))
+    if a.json:
+        print(f"wrote {write_json(Path(a.json), metrics)}")
+    return 0
+
+
+def score_experiment(a, cfg) -> int:
+    from metrics.report import (METRICS_FILE, epoch_result_files, experiment_metrics, format_table,
+                                load_references, score_epochs, write_json)
+
+    jsons = cfg.logdir / "jsons"
+    files = epoch_result_files(jsons)
+    if not files:
+        raise UserError(f"{jsons}: no results_epoch*.json (training writes them at each evaluation); "
+                        "to caption with a checkpoint use --checkpoint latest")
+    test = cfg.path(cfg.DATA.TEST)
+    refs = load_references(test)
+    scorer = make_scorer(a, cfg.EVAL.METEOR)
+    per_epoch = score_epochs(scorer, files, refs)
+    summary = experiment_metrics(per_epoch, list(scorer.keys), str(test))
+    print(format_table(per_epoch, list(scorer.keys), mark=summary["best_epoch"]))
+    print(f"best epoch by {summary['best_by']}: {summary['best_epoch']} (marked *)")
+    print(f"wrote {write_json(cfg.logdir / METRICS_FILE, summary)}")
+    if a.json:
+        print(f"wrote {write_json(Path(a.json), summary)}")
+    if a.plot_attention:
+        plot_epoch(a, cfg, summary["best_epoch"])
+    return 0
+
+
+def plot_epoch(a, cfg, best) -> None:
+    from dataloaders.formats import load_clips
+    from metrics.attention_plot import plot_attention_set
+    from metrics.report import epoch_result_files, read_json
+
+    jsons = cfg.logdir / "jsons"
+    with_att = [e for e in epoch_result_files(jsons)
+                if (jsons / f"att_node_results_epoch{e}.json").is_file()
+                and (jsons / f"att_A_results_epoch{e}.json").is_file()]
+    if a.epoch is not None:
+        if a.epoch not in with_att:
+            raise UserError(f"--epoch {a.epoch}: no results/attention files for it in {jsons} "
+                            f"(epochs with attention: {', '.join(map(str, with_att)) or 'none'})")
+        epoch = a.epoch
+    elif best in with_att:
+        epoch = best
+    elif with_att:
+        epoch = with_att[-1]
+    else:
+        raise UserError(f"{jsons}: no att_node_results_epoch*.json / att_A_results_epoch*.json to draw")
+    captions = read_json(jsons / f"results_epoch{epoch}.json", "predictions")
+    att_node = read_json(jsons / f"att_node_results_epoch{epoch}.json", "attention")
+    att_A = read_json(jsons / f"att_A_results_epoch{epoch}.json", "attention")
+    clips = {c["video_name"]: c for c in load_clips(cfg.path(cfg.DATA.TEST)) if isinstance(c, dict)}
+    names = [n for n in att_node if n in att_A and n in clips]
+    if not names:
+        raise UserError(f"{jsons}: the attention of epoch {epoch} names no clip of {cfg.path(cfg.DATA.TEST)}")
+    items = ({"name": n, "coords": clips[n]["coordinates"].numpy(), "att_node": att_node[n], "att_A": att_A[n],
+              "caption": captions.get(n), "reference": (clips[n].get("labels") or [None])[0]} for n in names)
+    written = plot_attention_set(Path(a.plot_attention), items, subtitle=f"epoch {epoch}", limit=a.max_plots)
+    print(f"wrote {len(written)} attention picture(s) of epoch {epoch} to {a.plot_attention}")
+
+
+def run_checkpoint(a, cfg) -> int:
+    from engine.inference import (default_device, generate_captions, labels_state, load_inference_clips,
+                                  load_model, load_standards_for, resolve_checkpoint)
+    from metrics.report import format_table, write_json
+
+    path = resolve_checkpoint(cfg, a.checkpoint)
+    standards = load_standards_for(cfg)
+    data = Path(a.data) if a.data else cfg.path(cfg.DATA.TEST)
+    clips, segment = load_inference_clips(cfg, data, standards, a.motion_type)
+    labels = labels_state(clips)
+    scorer = make_scorer(a, cfg.EVAL.METEOR) if labels == "all" else None  # fail fast (Java) before generating
+    device = default_device()
+    model, state = load_model(cfg, path, device, standards)
+    log.info("captioning %d clip(s) of %s with %s on %s", len(clips), data, path, device)
+    preds = generate_captions(model, clips, cfg, segment, a.batch_size or cfg.DATA.EVAL_BATCH_SIZE, device)
+    captions = {k: v["caption"] for k, v in preds.items()}
+    out = Path(a.out) if a.out else cfg.logdir / "inference" / f"{path.stem}_{data.stem}.json"
+    print(f"wrote {len(captions)} caption(s) to {write_json(out, captions)}")
+    if scorer is not None:
+        refs = {c["video_name"]: list(c["labels"]) for c in clips}
+        metrics = scorer.score(captions, refs)
+        print(format_table({path.name: metrics}, list(scorer.keys), label="checkpoint"))
+        if a.json:
+            print(f"wrote {write_json(Path(a.json), metrics)}")
+    elif labels == "some":
+        print("not scored: only some clips have labels")
+    else:
+        print("not scored: the clips have no labels")
+    if a.plot_attention:
+        from metrics.attention_plot import plot_attention_set
+
+        items = ({"name": c["video_name"], "coords": c["coordinates"].numpy(),
+                  "att_node": preds[c["video_name"]]["att_node"], "att_A": preds[c["video_name"]]["att_A"],
+                  "caption": captions[c["video_name"]], "reference": (c.get("labels") or [None])[0]} for c in clips)
+        written = plot_attention_set(Path(a.plot_attention), items, subtitle=f"{path.name}", limit=a.max_plots)
+        print(f"wrote {len(written)} attention picture(s) to {a.plot_attention}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        check_args(args)
+        if args.pred:
+            return score_predictions_file(args)
+        from engine.config import load_config  # heavy imports after parsing: --help answers at once
+
+        cfg = load_config(config_path(args.exp), args.set)
+        return run_checkpoint(args, cfg) if args.checkpoint else score_experiment(args, cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Offline scoring helpers for `evaluate.py`: read predictions and references, score the epochs of an
+experiment, pick the best epoch, print a table, write `metrics.json`.
+
+File formats:
+
+* predictions: JSON ``{video_name: caption}`` (what training writes to ``jsons/results_epoch{N}.json``);
+  ``{video_name: {"caption": ...}}`` is accepted too.
+* references: a dataset file (``.pkl``/``.pt``/``.pth``, the clips' ``labels``) or a JSON
+  ``{video_name: [reference, ...]}`` (a bare string counts as one reference).
+* ``results/<exp>/metrics.json``: ``{"best_by": "CIDEr", "best_epoch": N, "keys": [...],
+  "references": "<test file>", "epochs": {"N": {metric: value, ...}, ...}}``, values on the 0-100 scale.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Optional
+
+from engine.errors import UserError
+
+RESULTS_RE = re.compile(r"^results_epoch(\d+)\.json$")
+BEST_BY = "CIDEr"
+METRICS_FILE = "metrics.json"
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+def read_json(path: Path, what: str):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: {what} file is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read {what} file ({getattr(e, 'strerror', None) or e})") from None
+
+
+def load_predictions(path: Path) -> dict[str, str]:
+    """``{video_name: caption}`` from a predictions JSON."""
+    data = read_json(path, "predictions")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: predictions must be a JSON object {{video_name: caption}}, "
+                        f"got a {type(data).__name__}")
+    out = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and isinstance(value.get("caption"), str):
+            value = value["caption"]
+        if not isinstance(value, str):
+            raise UserError(f"{path}: prediction of {name!r} is a {type(value).__name__}, expected a caption string")
+        out[name] = value
+    return out
+
+
+def references_from_clips(clips: list[dict], source) -> dict[str, list[str]]:
+    refs = {}
+    for i, clip in enumerate(clips):
+        if not isinstance(clip, dict) or not isinstance(clip.get("video_name"), str):
+            raise UserError(f"{source}: entry {i} has no string 'video_name'")
+        refs[clip["video_name"]] = list(clip.get("labels") or [])
+    unlabeled = [k for k, v in refs.items() if not v]
+    if unlabeled:
+        shown = ", ".join(repr(k) for k in sorted(unlabeled)[:5]) + (", ..." if len(unlabeled) > 5 else "")
+        raise UserError(f"{source}: {len(unlabeled)} clip(s) have no 'labels' to score against: {shown}")
+    return refs
+
+
+def load_references(path: Path) -> dict[str, list[str]]:
+    """``{video_name: [reference, ...]}`` from a dataset file (labels) or a references JSON."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        data = read_json(path, "references")
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: references must be a JSON object {{video_name: [reference, ...]}}, "
+                            f"got a {type(data).__name__}")
+        out = {}
+        for name, refs in data.items():
+            if isinstance(refs, str):
+                refs = [refs]
+            if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+                raise UserError(f"{path}: references of {name!r} must be a list of strings")
+            out[name] = refs
+        return out
+    from dataloaders.formats import load_clips  # torch import only when a dataset file is given
+
+    return references_from_clips(load_clips(path), path)
+
+
+# ---- experiment epochs ---------------------------------------------------------------------------
+
+def epoch_result_files(jsons_dir: Path) -> dict[int, Path]:
+    """{epoch: jsons/results_epoch{N}.json}, sorted by epoch."""
+    jsons_dir = Path(jsons_dir)
+    if not jsons_dir.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in jsons_dir.iterdir() if (m := RESULTS_RE.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def score_epochs(scorer, files: Mapping[int, Path], references: dict[str, list[str]]) -> dict[int, dict]:
+    """{epoch: metrics} for every predictions file; a file whose ids differ from the references is an
+    error naming that file."""
+    out = {}
+    for epoch, path in files.items():
+        preds = load_predictions(path)
+        try:
+            out[epoch] = scorer.score(preds, references)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+    return out
+
+
+def best_epoch(per_epoch: Mapping[int, Mapping[str, float]], key: str = BEST_BY) -> Optional[int]:
+    """The epoch with the highest `key` (ties: the earliest); None when no epoch has a finite value."""
+    candidates = [(e, m[key]) for e, m in per_epoch.items()
+                  if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda ev: (ev[1], -ev[0]))[0]
+
+
+def ranked_epochs(per_epoch: Mapping[int, Mapping[str, float]], key: str = BEST_BY) -> list[int]:
+    """Epochs by `key`, best first (ties: the earliest first)."""
+    valid = [(e, m[key]) for e, m in per_epoch.items()
+             if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])]
+    return [e for e, _ in sorted(valid, key=lambda ev: (-ev[1], ev[0]))]
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def format_table(rows: Mapping, keys: Optional[list[str]] = None, label: str = "epoch",
+                 mark: Optional[object] = None) -> str:
+    """A fixed-width text table, one row per key of `rows` ({row name: {metric: value}}); the row
+    `mark` gets a '*' after its name."""
+    if keys is None:
+        keys = []
+        for m in rows.values():
+            keys += [k for k in m if k not in keys]
+    names = [f"{r}{'*' if mark is not None and r == mark else ''}" for r in rows]
+    first = max([len(label)] + [len(n) for n in names])
+    widths = [max(len(k), 7) for k in keys]
+    lines = ["  ".join([label.ljust(first)] + [k.rjust(w) for k, w in zip(keys, widths)])]
+    for name, m in zip(names, rows.values()):
+        cells = [(f"{m[k]:.2f}" if isinstance(m.get(k), (int, float)) else "-").rjust(w) for k, w in zip(keys, widths)]
+        lines.append("  ".join([name.ljust(first)] + cells))
+    return "\n".join(lines)
+
+
+def write_json(path: Path, data) -> Path:
+    """Write JSON via a temp file + rename, so a reader never sees half a file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+    return path
+
+
+def experiment_metrics(per_epoch: Mapping[int, dict], keys: list[str], references: str) -> dict:
+    """The content of results/<exp>/metrics.json."""
+    return {"best_by": BEST_BY, "best_epoch": best_epoch(per_epoch), "keys": list(keys),
+            "references": references, "epochs": {str(e): dict(m) for e, m in sorted(per_epoch.items())}}
+
+
+def read_experiment_metrics(logdir: Path) -> Optional[dict[int, dict]]:
+    """{epoch: metrics} from results/<exp>/metrics.json, or, when it is absent, from the per-epoch
+    jsons/metrics_epoch{N}.json files training wrote; None when neither exists."""
+    path = Path(logdir) / METRICS_FILE
+    if path.is_file():
+        data = read_json(path, "metrics")
+        epochs = data.get("epochs") if isinstance(data, dict) else None
+        if not isinstance(epochs, dict):
+            raise UserError(f"{path}: expected an object with key 'epochs' (written by `evaluate.py --exp`)")
+        try:
+            return {int(e): m for e, m in epochs.items() if isinstance(m, dict)}
+        except ValueError:
+            raise UserError(f"{path}: 'epochs' keys must be epoch numbers") from None
+    pattern = re.compile(r"^metrics_epoch(\d+)\.json$")
+    jsons = Path(logdir) / "jsons"
+    found = {}
+    if jsons.is_dir():
+        for p in jsons.iterdir():
+            if (m := pattern.match(p.name)):
+                data = read_json(p, "metrics")
+                if isinstance(data, dict):
+                    found[int(m.group(1))] = data
+    return dict(sorted(found.items())) or None
