@@ -49,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="compute METEOR (Java, ~15 s start-up; default on, with --exp: EVAL.METEOR)")
     met.add_argument("--spice", action="store_true", help="also SPICE (needs the Stanford CoreNLP jars)")
     met.add_argument("--bertscore", action="store_true", help="also BERTScore (needs bert_score and roberta-large)")
+    src.add_argument("--baselines", action="store_true",
+                     help="with --exp: also score an untrained model, the best constant caption per technique "
+                          "and nearest-neighbour retrieval from the training file, side by side")
     plot = p.add_argument_group("attention pictures (with --exp)")
     plot.add_argument("--plot-attention", metavar="DIR", help="write one PNG per clip into DIR")
     plot.add_argument("--epoch", type=int, help="epoch whose attention to draw (default: best CIDEr, else the "
@@ -64,6 +67,8 @@ def check_args(a: argparse.Namespace) -> None:
         raise UserError("--pred needs --ann (a dataset file or a JSON {video_name: [reference, ...]})")
     if a.ann and not a.pred:
         raise UserError("--ann goes with --pred; with --exp the references are the config's DATA.TEST")
+    if a.baselines and (a.pred or a.checkpoint):
+        raise UserError("--baselines goes with --exp alone (it compares the experiment's epochs with baselines)")
     if a.pred:
         for opt in ("checkpoint", "data", "out", "motion_type", "plot_attention", "epoch", "batch_size"):
             if getattr(a, opt) is not None:
@@ -136,9 +141,29 @@ def score_experiment(a, cfg) -> int:
     print(f"wrote {write_json(cfg.logdir / METRICS_FILE, summary)}")
     if a.json:
         print(f"wrote {write_json(Path(a.json), summary)}")
+    if a.baselines:
+        compare_with_baselines(cfg, scorer, per_epoch, refs, summary["best_epoch"])
     if a.plot_attention:
         plot_epoch(a, cfg, summary["best_epoch"])
     return 0
+
+
+def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) -> None:
+    """The trained model next to what it must beat, all on the same test clips."""
+    from engine.experiment import load_data
+    from engine.inference import default_device, untrained_model_captions
+    from metrics.baselines import baseline_predictions
+    from metrics.report import format_table
+
+    train_clips, test_clips, standards = load_data(cfg)
+    rows = {"untrained model": scorer.score(untrained_model_captions(cfg, test_clips, standards, default_device()), refs)}
+    for name, captions in baseline_predictions(train_clips, test_clips).items():
+        rows[name] = scorer.score(captions, refs)
+    rows[f"trained, epoch {best} (best)"] = per_epoch[best]
+    last = max(per_epoch)
+    if last != best:
+        rows[f"trained, epoch {last} (last)"] = per_epoch[last]
+    print(format_table(rows, list(scorer.keys), label="model"))
 
 
 def plot_epoch(a, cfg, best) -> None:

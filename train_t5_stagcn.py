@@ -26,8 +26,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # Heavy imports after argument parsing: `--help` and config errors answer at once.
-    from engine.config import load_config, save_config
+    # The config is checked before the heavy imports (torch, transformers: seconds): `--help` and config
+    # errors answer at once.
+    from engine.config import load_config
+
+    try:
+        cfg = load_config(args.cfg_file, args.set)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+    from engine.config import save_config
     from engine.distributed import init_distributed, shutdown
     from engine.experiment import build_experiment, parameter_counts
     from engine.logs import setup_logging
@@ -36,7 +45,6 @@ def main(argv=None) -> int:
     from models.tokenizer import save_tokenizer
 
     try:
-        cfg = load_config(args.cfg_file, args.set)
         dist = init_distributed(cfg.TRAIN.PG_TIMEOUT_S)
         logdir = cfg.logdir
         if dist.is_main and not args.dry_run:
@@ -47,7 +55,8 @@ def main(argv=None) -> int:
             summary = {"params": parameter_counts(exp.model),
                        "data": {"train_samples": len(exp.train_set), "test_clips": len(exp.test_set)},
                        "logdir": str(logdir), "world_size": dist.world_size}
-            print(json.dumps(summary))
+            if dist.is_main:  # one summary, whatever the number of processes
+                print(json.dumps(summary), flush=True)
             return 0
         if dist.is_main:
             save_config(cfg, logdir / "config_resolved.yaml")

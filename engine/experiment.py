@@ -6,10 +6,12 @@ WEIGHT_PATH or the newest checkpoint in pretrain_checkpoints/ (all but the proje
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 
 from dataloaders.datasets import EvalDataset, TrainDataset, load_dataset
@@ -66,7 +68,54 @@ def resolve_init_weights(cfg: Config) -> Optional[Path]:
         return path
     if cfg.TASK.PRETRAIN:
         return None
-    return ckpt.newest_valid_checkpoint(cfg.logdir / "pretrain_checkpoints")
+    folder = cfg.logdir / "pretrain_checkpoints"
+    newest = ckpt.newest_valid_checkpoint(folder)
+    if newest is None:
+        log.warning("finetuning without pretrained weights: no valid checkpoint in %s and WEIGHT_PATH is not "
+                    "set; the model starts from random weights", folder)
+    return newest
+
+
+# Config keys that fix the shapes and meaning of the loaded tensors: pretraining and finetuning must agree.
+_ARCHITECTURE_KEYS = ["HIDDEN_CHANNEL", "OUT_CHANNEL", "T5.NAME", "T5.D_MODEL", "T5.NUM_LAYERS", "T5.NUM_HEADS",
+                      "T5.D_KV", "T5.D_FF"]
+
+
+_ABSENT = object()
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+def check_weights_file(state, source: Path) -> dict:
+    """A checkpoint written by this trainer: a dict with the model tensors and the tokenizer."""
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise UserError(f"{source}: not a Motion2Text checkpoint (no 'model' state dict); give a checkpoint "
+                        f"written by train_t5_stagcn.py")
+    if not isinstance(state.get("tokenizer_json"), str):
+        raise UserError(f"{source}: the checkpoint carries no tokenizer ('tokenizer_json'), so its T5 "
+                        f"vocabulary cannot be matched; give a checkpoint written by train_t5_stagcn.py")
+    return state
+
+
+def check_architecture(cfg: Config, state: dict, source: Path) -> None:
+    """Name the config key whose value differs from the one the weights were trained with."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return
+    ours = cfg.to_dict()
+    for key in _ARCHITECTURE_KEYS:
+        if key.startswith("T5.") and key != "T5.NAME" and cfg.T5.NAME is not None:
+            continue  # sizes of a named T5 come from its own config
+        theirs, mine = _lookup(saved, key), _lookup(ours, key)
+        if theirs is not _ABSENT and theirs != mine:
+            raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; "
+                            f"the sizes must match the pretraining config to load its weights")
 
 
 def make_tokenizer(cfg: Config, state: Optional[dict], train_clips: list[dict], dist: DistInfo):
@@ -83,7 +132,10 @@ def make_tokenizer(cfg: Config, state: Optional[dict], train_clips: list[dict], 
 
 
 def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> None:
-    """Load everything but the projection (its input width depends on the branch); report what was skipped."""
+    """Load everything but the projection (its input width depends on the branch); report what was skipped.
+
+    Every other tensor must be there with the same shape: a partly loaded T5 or encoder would silently
+    train from a half-random model."""
     own = model.state_dict()
     weights = state["model"]
     skipped = sorted(k for k in weights if k.startswith("projection."))
@@ -92,24 +144,44 @@ def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> N
         k = mismatched[0]
         raise UserError(f"{source}: tensor {k} has shape {tuple(weights[k].shape)}, this config builds "
                         f"{tuple(own[k].shape)}; HIDDEN_CHANNEL/OUT_CHANNEL and T5.* sizes must match the pretraining config")
-    loadable = {k: v for k, v in weights.items() if k in own and not k.startswith("projection.")}
-    result = model.load_state_dict(loadable, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("projection.")]
-    log.info("finetuning from %s: loaded %d tensors, skipped %d projection tensors (%s), missing %d %s",
-             source, len(loadable), len(skipped), ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else ""),
-             len(missing), missing[:5] if missing else "")
-    unexpected = [k for k in weights if k not in own]
-    if unexpected:
-        log.warning("finetuning from %s: %d tensors not in this model were ignored: %s", source, len(unexpected), unexpected[:5])
+    missing = sorted(k for k in own if k not in weights and not k.startswith("projection."))
+    unexpected = sorted(k for k in weights if k not in own and not k.startswith("projection."))
+    if missing or unexpected:
+        what = (f"{len(missing)} tensors of this model are not in it (e.g. {missing[0]})" if missing else
+                f"{len(unexpected)} of its tensors are not in this model (e.g. {unexpected[0]})")
+        raise UserError(f"{source}: {what}; HIDDEN_CHANNEL/OUT_CHANNEL and T5.* sizes must match the pretraining config")
+    loadable = {k: v for k, v in weights.items() if not k.startswith("projection.")}
+    model.load_state_dict(loadable, strict=False)
+    fresh = sorted(k for k in own if k.startswith("projection."))
+    log.info("finetuning from %s: loaded %d tensors; skipped %d projection tensors of the checkpoint (%s), "
+             "the projection (%d tensors) starts fresh", source, len(loadable), len(skipped),
+             ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else ""), len(fresh))
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same initial weights in every process and every run (torch's default seed is not ours)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     train_clips, test_clips, standards = load_data(cfg)
-    resume_path = ckpt.newest_valid_checkpoint(cfg.checkpoint_dir)
+    # Rank 0 decides which checkpoint to resume from, so all ranks take the same path (a checkpoint that is
+    # only visible on one node must not make the ranks disagree).
+    resume_path = broadcast_object(ckpt.newest_valid_checkpoint(cfg.checkpoint_dir) if dist.is_main else None)
+    if resume_path is not None and not resume_path.is_file():
+        raise UserError(f"{resume_path}: rank 0 resumes from this checkpoint but rank {dist.rank} cannot see it; "
+                        f"the experiment folder must be on a file system shared by all nodes")
     resume_state = ckpt.load_checkpoint(resume_path) if resume_path else None
-    init_path = None if resume_state else resolve_init_weights(cfg)
-    init_state = ckpt.load_checkpoint(init_path) if init_path else None
+    if resume_state is not None:
+        check_weights_file(resume_state, resume_path)
+    init_path = None if resume_path else resolve_init_weights(cfg)
+    init_state = check_weights_file(ckpt.load_checkpoint(init_path), init_path) if init_path else None
+    if init_state is not None:
+        check_architecture(cfg, init_state, init_path)
     tokenizer = make_tokenizer(cfg, resume_state or init_state, train_clips, dist)
+    seed_everything(cfg.SEED)
     model = build_motion2text(cfg, tokenizer, subtraction_dim(train_clips, cfg.BRANCH), standards)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])

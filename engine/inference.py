@@ -233,3 +233,22 @@ def generate_captions(model, clips: list[dict], cfg: Config, segment: str, batch
         amp = autocast_dtype(cfg, device)
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
     return predict(model, EvalDataset(clips, segment=segment), dist, batch_size, cfg.GENERATION, 0, amp)
+
+
+def untrained_model_captions(cfg: Config, clips: list[dict], standards: Optional[dict],
+                             device: torch.device) -> dict[str, str]:
+    """Captions of a freshly initialised model (seed SEED) with the experiment's tokenizer: the floor
+    a trained model is compared with."""
+    from models.motion2text import build_motion2text
+    from models.tokenizer import tokenizer_from_json
+
+    newest = ckpt.newest_valid_checkpoint(cfg.checkpoint_dir)
+    if newest is None:
+        raise UserError(f"{cfg.checkpoint_dir}: no valid checkpoint to take the tokenizer from")
+    state = ckpt.load_checkpoint(newest)
+    torch.manual_seed(cfg.SEED)
+    subtraction = int(clips[0]["subtraction"].shape[-1]) if cfg.BRANCH == 2 else 0
+    model = build_motion2text(cfg, tokenizer_from_json(state["tokenizer_json"]), subtraction, standards)
+    preds = generate_captions(model.to(device).eval(), clips, cfg, cfg.ALIGNMENT.REFERENCE_SEGMENT
+                              if standards is not None else "NONE", cfg.DATA.EVAL_BATCH_SIZE, device)
+    return {k: v["caption"] for k, v in preds.items()}

@@ -68,6 +68,18 @@ def _fault_hook(rank: int, epoch: int, step: int) -> None:
         os._exit(17)
 
 
+def _signal_hook(rank: int, epoch: int, batch: int) -> None:
+    """Test-only: M2T_TEST_SIGTERM_AT="epoch:batch[:rank]" makes the process (of that rank, else every
+    rank) send itself SIGTERM while it trains that batch (0-based) of that epoch (1-based). The real signal
+    handler then stops at the next safe point, exactly as for a SIGTERM from outside."""
+    spec = os.environ.get("M2T_TEST_SIGTERM_AT")
+    if not spec:
+        return
+    parts = [int(x) for x in spec.split(":")]
+    if (parts[0], parts[1]) == (epoch, batch) and (len(parts) < 3 or parts[2] == rank):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _nan_hook(step: int, loss: torch.Tensor) -> torch.Tensor:
     """Test-only: M2T_TEST_NAN_STEPS="3,4" makes the loss of those global steps NaN."""
     spec = os.environ.get("M2T_TEST_NAN_STEPS")
@@ -86,6 +98,9 @@ class Trainer:
         if dist.world_size > 1 and dist.device.type == "cuda":
             # SyncBatchNorm needs CUDA; on CPU/gloo each rank keeps its own BN statistics.
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if dist.world_size > 1:
+            log.info("SyncBatchNorm %s", "on" if dist.device.type == "cuda" else
+                     "off (CPU/gloo cannot synchronise BatchNorm; each rank normalises its own batch)")
         self.ddp = DDP(self.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
             if dist.world_size > 1 else None
 
@@ -131,12 +146,17 @@ class Trainer:
                 "world_size": self.dist.world_size}
 
     def _restore(self, state: dict) -> None:
+        if state.get("world_size", self.dist.world_size) != self.dist.world_size and state["batches_done"]:
+            log.warning("checkpoint was written by %d ranks inside epoch %d, now %d ranks: the batches differ, "
+                        "so epoch %d restarts from its beginning", state["world_size"], state["epoch"] + 1,
+                        self.dist.world_size, state["epoch"] + 1)
+            state = {**state, "batches_done": 0, "partial_loss": [0.0, 0.0]}
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.global_step, self.loss_history = state["global_step"], list(state["loss_history"])
-        self._partial_loss = list(state["partial_loss"])
+        self._partial_loss = [float(x) for x in state["partial_loss"]]  # summed over all ranks
         if len(state["rng"]) == self.dist.world_size:
             ckpt.set_rng_state(state["rng"][self.dist.rank])
         else:
@@ -196,12 +216,13 @@ class Trainer:
         accum = cfg.OPTIMIZER.GRAD_ACCUM_STEPS
         num_batches = len(self.sampler)
         loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of losses, count] over finite micro-batches
-        if self.batches_done:
+        if self.batches_done and dist.is_main:  # the part-trained epoch's loss, summed over every rank once
             loss_sum += torch.tensor(self._partial_loss, dtype=torch.float64)
         bar = tqdm(total=num_batches, initial=self.batches_done, desc=f"epoch {epoch}", disable=not dist.is_main,
                    dynamic_ncols=True, leave=False)
         for i, batch in enumerate(self.loader, start=self.batches_done):
             _fault_hook(dist.rank, epoch, i)
+            _signal_hook(dist.rank, epoch, i)
             labels = self.exp.model.codec.encode_targets(batch["texts"]).to(dist.device)
             batch = move_batch(batch, dist.device)
             sync = (i + 1) % accum == 0 or i + 1 == num_batches
@@ -211,7 +232,9 @@ class Trainer:
                 with torch.autocast(dist.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss = module(batch, labels)
                 loss = _nan_hook(self.global_step + 1, loss)
-                self.scaler.scale(loss / accum).backward()
+                # Mean over the micro-batches of this optimizer step (the epoch's last group may be short).
+                group = min(accum, num_batches - (i // accum) * accum)
+                self.scaler.scale(loss / group).backward()
             if torch.isfinite(loss):
                 loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
             self.batches_done = i + 1
@@ -224,7 +247,8 @@ class Trainer:
                 self.tb.scalar("train/loss", loss.item(), self.global_step)
                 self.tb.scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
             if any_rank(self._stop_signal is not None, dist.device) and self.batches_done < num_batches:
-                self._partial_loss = loss_sum.tolist()
+                # Every rank is here (any_rank agrees): sum the part-epoch loss over ranks for the checkpoint.
+                self._partial_loss = all_reduce_sum(loss_sum.to(dist.device)).cpu().tolist()
                 self._stop(f"signal {self._stop_signal or 'on another rank'}")
         bar.close()
         total = all_reduce_sum(loss_sum.to(dist.device)).cpu()
@@ -252,10 +276,13 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
 
-    def _stop(self, why: str) -> None:
-        self.save()
-        raise StopRequested(f"stopped by {why} in epoch {self.epoch + 1} after {self.batches_done} batches; "
-                            f"checkpoint saved in {self.cfg.checkpoint_dir}; run the same command to resume")
+    def _stop(self, why: str, save: bool = True) -> None:
+        if save:
+            self.save()
+        where = (f"in epoch {self.epoch + 1} after {self.batches_done} batches" if self.batches_done
+                 else f"after epoch {self.epoch}")
+        raise StopRequested(f"stopped by {why} {where}; checkpoint saved in {self.cfg.checkpoint_dir}; "
+                            f"run the same command to resume")
 
     def fit(self, scorer=None) -> None:
         cfg = self.cfg
@@ -277,10 +304,14 @@ class Trainer:
                 if self.dist.is_main:
                     self.jsons.mkdir(parents=True, exist_ok=True)
                     (self.jsons / "loss_history.json").write_text(json.dumps(self.loss_history, indent=1))
-                if should_checkpoint(self.epoch, cfg.OPTIMIZER.MAX_EPOCH):
+                saved = should_checkpoint(self.epoch, cfg.OPTIMIZER.MAX_EPOCH)
+                if saved:
                     self.save()
                 if self.should_evaluate(self.epoch):
                     self.evaluate(self.epoch, scorer)
+                # A signal during the epoch's last batch or its evaluation: stop at this epoch boundary.
+                if self.epoch < cfg.OPTIMIZER.MAX_EPOCH and any_rank(self._stop_signal is not None, self.dist.device):
+                    self._stop(f"signal {self._stop_signal or 'on another rank'}", save=not saved)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
