@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import collections
 import io
+import os
 import pickle
 from pathlib import Path
 
@@ -161,3 +162,37 @@ def load_standards(path) -> dict[str, torch.Tensor]:
     clips = load_clips(path)
     validate_clips(clips, path, require_labels=False)
     return {c["video_name"]: c["coordinates"] for c in clips}
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+class _DeterministicPickler(pickle.Pickler):
+    """Plain pickle of torch tensors, but reproducible: torch's own storage pickling embeds a legacy
+    torch.save blob keyed by a memory address; the zip format carries no address. Same globals as the
+    released files (_rebuild_tensor_v2, _load_from_bytes, OrderedDict), so load_clips reads them."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.storage.TypedStorage):
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            return torch.storage._load_from_bytes, (buf.getvalue(),)
+        return NotImplemented
+
+
+def dumps_clips(clips: list[dict]) -> bytes:
+    """The dataset pickle of `clips`: byte-for-byte the same for the same clips."""
+    buf = io.BytesIO()
+    _DeterministicPickler(buf, protocol=4).dump(clips)
+    return buf.getvalue()
+
+
+def dump_clips(clips: list[dict], path) -> None:
+    """Write a dataset file atomically (temp file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(dumps_clips(clips))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

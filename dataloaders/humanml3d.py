@@ -42,18 +42,14 @@ key torch writes inside each storage blob replaced by a constant.
 from __future__ import annotations
 
 import argparse
-import collections
-import io
 import math
-import os
-import pickle
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dataloaders.formats import dump_clips
 from engine.errors import EXIT_USER_ERROR, UserError
 
 SPLITS = ("train", "val", "test")
@@ -243,60 +239,6 @@ def format_summary(summary: dict) -> str:
     for ex in summary.get("examples", []):
         lines.append(f"          e.g. {ex}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
-# Deterministic pickling of tensors with the same globals as plain pickle.dump.
-
-
-def _storage_blob(storage: torch.storage.TypedStorage) -> bytes:
-    """What ``TypedStorage.__reduce__`` pickles, with torch's address-based storage key made constant."""
-    buf = io.BytesIO()
-    torch.save(storage, buf, _use_new_zipfile_serialization=False)
-    blob = buf.getvalue()
-    key = str(storage._untyped_storage._cdata).encode()
-    # The legacy format (pickle protocol 2) writes the key as BINUNICODE twice: in the persistent id of
-    # the storage and in the list of keys that precedes the raw bytes.
-    old = b"X" + len(key).to_bytes(4, "little") + key
-    new = b"X" + (1).to_bytes(4, "little") + b"0"
-    if blob.count(old) == 2:
-        return blob.replace(old, new)
-    warnings.warn("torch's legacy storage format changed; the pickle will load but not be byte-for-byte "
-                  "reproducible", stacklevel=2)
-    return blob
-
-
-class _DeterministicPickler(pickle.Pickler):
-    def reducer_override(self, obj):
-        if isinstance(obj, torch.Tensor):
-            t = obj.detach().cpu().contiguous()
-            if t.storage_offset() != 0 or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-                t = t.clone()
-            return (torch._utils._rebuild_tensor_v2,
-                    (t._typed_storage(), 0, tuple(t.shape), t.stride(), False, collections.OrderedDict()))
-        if isinstance(obj, torch.storage.TypedStorage):
-            return (torch.storage._load_from_bytes, (_storage_blob(obj),))
-        return NotImplemented
-
-
-def dump_clips(clips, path) -> None:
-    """Write ``clips`` to ``path`` (atomically), pickle protocol 4, byte-for-byte reproducible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            _DeterministicPickler(f, protocol=4).dump(clips)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def dumps_clips(clips) -> bytes:
-    buf = io.BytesIO()
-    _DeterministicPickler(buf, protocol=4).dump(clips)
-    return buf.getvalue()
 
 
 def main(argv=None) -> int:

@@ -12,12 +12,12 @@ Same seed -> byte-identical files.
 from __future__ import annotations
 
 import argparse
-import io
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dataloaders.formats import dump_clips
 
 # Standing rest pose (metres); limbs (knees, ankles, feet, elbows, wrists) are placed by IK below.
 REST = np.zeros((22, 3))
@@ -241,24 +241,6 @@ def _finetune_clip(rng, name):
 
 # ----------------------------------------------------------------------------- writing
 
-class _DeterministicPickler(pickle.Pickler):
-    """Plain pickle of torch tensors, but reproducible: torch's own storage pickling embeds a legacy
-    torch.save blob keyed by a memory address; the zip format carries no address. Same globals as the
-    released files (_rebuild_tensor_v2, _load_from_bytes, OrderedDict), so load_clips reads them."""
-
-    def reducer_override(self, obj):
-        if isinstance(obj, torch.storage.TypedStorage):
-            buf = io.BytesIO()
-            torch.save(obj, buf)
-            return torch.storage._load_from_bytes, (buf.getvalue(),)
-        return NotImplemented
-
-
-def _write(path: Path, clips: list[dict]) -> None:
-    with open(path, "wb") as f:
-        _DeterministicPickler(f, protocol=4).dump(clips)
-
-
 def generate(out_dir, seed: int = 0) -> dict[str, Path]:
     """Write the five files into out_dir; returns {file stem: path}."""
     out = Path(out_dir)
@@ -282,7 +264,7 @@ def generate(out_dir, seed: int = 0) -> dict[str, Path]:
     paths = {}
     for stem, clips in files.items():
         paths[stem] = out / f"{stem}.pkl"
-        _write(paths[stem], clips)
+        dump_clips(clips, paths[stem])
     return paths
 
 

@@ -37,14 +37,15 @@ TINY_SIZES = {"pretrain_train": 24, "pretrain_test": 11, "train": 24, "test": 11
 def tiny_data(out_dir: Path, sizes: Optional[dict] = None, seed: int = 0) -> dict[str, Path]:
     """The synthetic corpus (dataloaders.synthetic) cut to a few clips; {stem: path of the .pkl}."""
     from dataloaders.formats import load_clips
-    from dataloaders.synthetic import _write, generate
+    from dataloaders.formats import dump_clips
+    from dataloaders.synthetic import generate
 
     out_dir = Path(out_dir)
     full = generate(out_dir / "full", seed)
     paths = {}
     for stem, n in {**TINY_SIZES, **(sizes or {})}.items():
         paths[stem] = out_dir / f"{stem}.pkl"
-        _write(paths[stem], load_clips(full[stem])[:n])  # same pickling as the released files
+        dump_clips(load_clips(full[stem])[:n], paths[stem])  # same pickling as the released files
     return paths
 
 

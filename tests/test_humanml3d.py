@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dataloaders import humanml3d
-from dataloaders.humanml3d import convert, dumps_clips, main
+from dataloaders.formats import dumps_clips
+from dataloaders.humanml3d import convert, main
 from engine.errors import UserError
 
 
