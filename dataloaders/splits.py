@@ -1,0 +1,76 @@
+"""Reproducible validation splits of a coaching training file (the official test split stays untouched).
+
+    python -m dataloaders.splits --data ../shared/data/bx/BX_train.pkl --out data/splits --name bx
+
+writes `<name>_random_{train,val}.pkl` (clips drawn at random) and `<name>_person_{train,val}.pkl`
+(person-disjoint: the number before the first `_` of `video_name` identifies the person). Clips of one
+person share habits and often identical labels, so the random split is the easier one.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dataloaders.formats import dump_clips, load_clips
+from engine.errors import EXIT_USER_ERROR, UserError
+
+
+def person_of(video_name: str) -> str:
+    return video_name.split("_", 1)[0]
+
+
+def random_split(clips: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    order = np.random.default_rng(seed).permutation(len(clips))
+    n_val = max(1, round(val_fraction * len(clips)))
+    val = set(order[:n_val].tolist())
+    return [c for i, c in enumerate(clips) if i not in val], [c for i, c in enumerate(clips) if i in val]
+
+
+def person_split(clips: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Whole persons go to validation, in a seeded order, until it holds ≥ val_fraction of the clips."""
+    persons = sorted({person_of(c["video_name"]) for c in clips})
+    if len(persons) < 2:
+        raise UserError(f"person split: only {len(persons)} person id(s) found, expected at least 2")
+    order = np.random.default_rng(seed).permutation(len(persons))
+    val_persons, n_val = set(), 0
+    for k in order:
+        if n_val >= val_fraction * len(clips) or len(val_persons) == len(persons) - 1:
+            break
+        val_persons.add(persons[k])
+        n_val += sum(person_of(c["video_name"]) == persons[k] for c in clips)
+    train = [c for c in clips if person_of(c["video_name"]) not in val_persons]
+    val = [c for c in clips if person_of(c["video_name"]) in val_persons]
+    return train, val
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dataloaders.splits", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="labelled training file to split")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--name", default="bx", help="file name prefix")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        if not 0 < args.val_fraction < 1:
+            raise UserError(f"--val-fraction {args.val_fraction}: expected a value in (0, 1)")
+        clips = load_clips(args.data)
+        for kind, split in (("random", random_split), ("person", person_split)):
+            train, val = split(clips, args.val_fraction, args.seed)
+            for part, subset in (("train", train), ("val", val)):
+                path = Path(args.out) / f"{args.name}_{kind}_{part}.pkl"
+                dump_clips(subset, path)
+            persons = {person_of(c["video_name"]) for c in val}
+            print(f"{kind}: {len(train)} train / {len(val)} val clips ({len(persons)} persons in val) "
+                  f"→ {Path(args.out) / f'{args.name}_{kind}_{{train,val}}.pkl'}")
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
