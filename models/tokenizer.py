@@ -5,6 +5,7 @@ pad 0 / eos 1 / unk 2). It travels inside every checkpoint as JSON so finetuning
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -15,6 +16,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from engine.errors import UserError
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
+# An undertrained byte-level model can emit control bytes (newlines, \x00…); they would break the
+# one-caption-per-line metric tools and the JSON readers, so captions carry none.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
@@ -86,4 +90,5 @@ class CaptionCodec:
     def decode(self, generated: torch.Tensor) -> list[str]:
         """Captions from generate() output, without the decoder start and prompt tokens."""
         body = generated[:, 1 + len(self.prompt_ids):]
-        return [t.strip() for t in self.tokenizer.batch_decode(body, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(body, skip_special_tokens=True)
+        return [" ".join(_CONTROL.sub(" ", t).split()) for t in texts]

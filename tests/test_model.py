@@ -233,3 +233,11 @@ def test_every_parameter_of_the_whole_model_gets_a_gradient():
         model(batch, model.codec.encode_targets(["a person walks", "jumps", "squats"])).backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, (branch, missing[:5])
+
+
+def test_decoded_captions_carry_no_control_characters():
+    model, _ = model_and_batch("TIME_POOL")
+    codec = model.codec
+    ids = codec.tokenizer("a\nperson\x00 walks\u2028now", add_special_tokens=False).input_ids
+    generated = torch.tensor([[0] + codec.prompt_ids + ids + [1]])
+    assert codec.decode(generated) == ["a person walks now"]
