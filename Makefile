@@ -6,7 +6,7 @@ SYN := data/synthetic
 RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_stagcn.py
 DEMO_SET ?=
 
-.PHONY: test demo clean-demo bench
+.PHONY: test demo clean-demo bench bx
 
 .venv/.installed: requirements.txt
 	test -x .venv/bin/python || python3 -m venv .venv
@@ -34,3 +34,22 @@ clean-demo:
 
 bench: .venv/.installed
 	$(PY) bench/run.py
+
+# Real boxing data (../shared/data/bx). Without BX_TEST: train on the person-disjoint split, score its
+# validation clips next to the baselines. With BX_TEST=path/to/test.pkl: train on the whole BX training
+# file (results/bx_finetune_full) and score on that labelled file.
+BX := ../shared/data/bx
+BX_TEST ?=
+BX_FULL := LOGDIR=results/bx_finetune_full DATA.TRAIN=$(BX)/BX_train.pkl DATA.TEST=$(abspath $(BX_TEST))
+
+data/splits/bx_person_train.pkl: dataloaders/splits.py | .venv/.installed
+	$(PY) -m dataloaders.splits --data $(BX)/BX_train.pkl --out data/splits --name bx
+
+bx: .venv/.installed data/splits/bx_person_train.pkl
+ifeq ($(BX_TEST),)
+	$(RUN) --cfg_file results/bx_finetune/config.yaml
+	$(PY) evaluate.py --exp results/bx_finetune --baselines
+else
+	$(RUN) --cfg_file results/bx_finetune/config.yaml --set $(BX_FULL)
+	$(PY) evaluate.py --exp results/bx_finetune --set $(BX_FULL) --baselines
+endif
