@@ -24,6 +24,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_logdir(logdir) -> None:
+    """The experiment folder must be a folder (or not exist yet): checked before anything is built."""
+    if logdir.exists() and not logdir.is_dir():
+        raise UserError(f"LOGDIR {logdir}: exists and is not a folder, expected the experiment folder "
+                        "(default: the folder holding config.yaml)")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     # The config is checked before the heavy imports (torch, transformers: seconds): `--help` and config
@@ -39,7 +46,7 @@ def main(argv=None) -> int:
     from engine.config import save_config
     from engine.distributed import init_distributed, shutdown
     from engine.experiment import build_experiment, parameter_counts
-    from engine.logs import setup_logging
+    from engine.logs import attach_log_file, setup_logging
     from engine.trainer import StopRequested, Trainer, TrainingAborted
     from metrics.caption import CaptionScorer
     from models.tokenizer import save_tokenizer
@@ -47,9 +54,10 @@ def main(argv=None) -> int:
     try:
         dist = init_distributed(cfg.TRAIN.PG_TIMEOUT_S)
         logdir = cfg.logdir
-        if dist.is_main and not args.dry_run:
-            logdir.mkdir(parents=True, exist_ok=True)
-        setup_logging(None if args.dry_run or not dist.is_main else logdir / "train.log", dist.rank)
+        check_logdir(logdir)
+        # Nothing is written before the config, the data, the weights and Java have been checked: a rejected
+        # run leaves the experiment folder as it was (the log is kept in memory until then).
+        setup_logging(None, dist.rank, defer_file=dist.is_main and not args.dry_run)
         exp = build_experiment(cfg, dist)
         if args.dry_run:
             summary = {"params": parameter_counts(exp.model),
@@ -58,11 +66,17 @@ def main(argv=None) -> int:
             if dist.is_main:  # one summary, whatever the number of processes
                 print(json.dumps(summary), flush=True)
             return 0
+        scorer = CaptionScorer(meteor=cfg.EVAL.METEOR)  # fails here without Java, not after an epoch
         if dist.is_main:
+            try:
+                logdir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"LOGDIR {logdir}: cannot create the experiment folder ({e.strerror or e})") from None
+            attach_log_file(logdir / "train.log", dist.rank)
             save_config(cfg, logdir / "config_resolved.yaml")
             save_tokenizer(exp.model.codec.tokenizer, logdir / "tokenizer")
         trainer = Trainer(exp, dist)
-        trainer.fit(CaptionScorer(meteor=cfg.EVAL.METEOR) if dist.is_main else None)
+        trainer.fit(scorer if dist.is_main else None)
         log.info("done: checkpoints in %s, predictions in %s", cfg.checkpoint_dir, logdir / "jsons")
         return 0
     except UserError as e:

@@ -123,9 +123,13 @@ def load_clips(path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix not in (".pkl", ".pickle", ".pt", ".pth", ".npy"):
         raise UserError(f"{path}: unsupported file type {suffix!r}, expected .pkl, .pt, .pth or .npy")
-    if not path.exists():
+    try:  # Python 3.11's exists() raises PermissionError inside an unreadable folder
+        found, regular = path.exists(), path.is_file()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or _first_line(e)})") from None
+    if not found:
         raise UserError(f"{path}: file not found")
-    if not path.is_file():
+    if not regular:
         raise UserError(f"{path}: not a regular file")
     try:
         if suffix in (".pkl", ".pickle"):

@@ -54,19 +54,38 @@ def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:
 
 
 def save_checkpoint(folder: Path, name: str, state: dict, keep_last: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
     path = folder / name
+    digest = path.with_name(path.name + ".sha256")
+    written = False
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, payload)
-        atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(payload).hexdigest().encode())
+        written = True
+        atomic_write_bytes(digest, hashlib.sha256(payload).hexdigest().encode())
     except OSError as e:
+        if written:  # the file is complete but has no digest: it would never count, so do not leave it
+            path.unlink(missing_ok=True)
+            digest.unlink(missing_ok=True)
         raise UserError(f"{path}: could not write the checkpoint ({e.strerror or e}); "
                         f"the previous checkpoints in {folder} are intact") from None
+    _remove_stale_temp_files(folder)
     _prune(folder, keep_last)
     return path
+
+
+TEMP_RE = re.compile(r"^\.epoch_\d{4,}(?:_step_\d+)?\.pt(?:\.sha256)?\.tmp(\d+)$")
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temp files of saves that were killed (kill -9, OOM, power loss) never count as checkpoints, but each
+    can be as large as a checkpoint: remove those of other processes (only one process saves per folder)."""
+    for p in folder.iterdir():
+        m = TEMP_RE.match(p.name)
+        if m and int(m.group(1)) != os.getpid():
+            p.unlink(missing_ok=True)
 
 
 def _sort_key(path: Path) -> tuple[int, int]:
@@ -109,8 +128,11 @@ def load_checkpoint(path: Path, check_digest: bool = True) -> dict:
         raise UserError(f"{path}: invalid checkpoint: {reason}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError/RuntimeError with long texts; keep the first line
-        raise UserError(f"{path}: refused or unreadable checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError with paragraphs of advice: keep the cause
+        from dataloaders.formats import _first_line
+
+        raise UserError(f"{path}: refused or unreadable checkpoint ({_first_line(e)}); only checkpoints written "
+                        f"by train_t5_stagcn.py are loaded, never code") from None
 
 
 def newest_valid_checkpoint(folder: Path) -> Optional[Path]:

@@ -306,14 +306,23 @@ def config_from_dict(data: dict, config_dir: Optional[Path] = None) -> Config:
 
 def load_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> Config:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found, expected results/<exp>/config.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:  # read first, then tell why not: is_file() is False (or raises) for an unreadable folder too
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        raise UserError(f"{path}: config file not found, expected results/<exp>/config.yaml") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected the config file results/<exp>/config.yaml") from None
     except OSError as e:
-        raise UserError(f"{path}: cannot read config ({e.strerror})") from None
+        raise UserError(f"{path}: cannot read config ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start}), expected YAML") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where} ({what})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config keys at the top level")
     data = _merge(data, parse_overrides(overrides or []))

@@ -44,10 +44,28 @@ def init_distributed(timeout_s: int) -> DistInfo:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         # The timeout bounds every collective: a crashed rank makes the others fail, not hang forever.
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _restart_safe_store(world_size, timeout)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+                                device_id=device if device.type == "cuda" else None,
+                                **({"store": store, "rank": rank, "world_size": world_size} if store else {}))
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _restart_safe_store(world_size: int, timeout: datetime.timedelta):
+    """The rendezvous store of a worker group restarted by `torchrun --max-restarts` on one node.
+
+    torchrun's workers share the agent's TCPStore, which outlives a restart with the keys of the failed
+    attempt still in it: a restarted rank can read a dead peer's address and fail with "Gloo connectFullMesh
+    failed ... Connection refused" (or NCCL connect errors; PyTorch issues #135712, #167288). On one node
+    every worker of an attempt gets the same TORCHELASTIC_RESTART_COUNT, so a prefix per attempt keeps the
+    attempts apart. With several nodes the counts are per agent and may differ, so torch's default store is
+    kept there (launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for elastic restarts across nodes)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or _env_int("GROUP_WORLD_SIZE", 1) != 1:
+        return None
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], _env_int("MASTER_PORT", 0), world_size, is_master=False,
+                         timeout=timeout)
+    return dist.PrefixStore(f"motion2text/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
 
 
 def is_distributed() -> bool:

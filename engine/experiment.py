@@ -103,7 +103,7 @@ def check_weights_file(state, source: Path) -> dict:
     return state
 
 
-def check_architecture(cfg: Config, state: dict, source: Path) -> None:
+def check_architecture(cfg: Config, state: dict, source: Path, resume: bool = False) -> None:
     """Name the config key whose value differs from the one the weights were trained with."""
     saved = state.get("config")
     if not isinstance(saved, dict):
@@ -114,8 +114,10 @@ def check_architecture(cfg: Config, state: dict, source: Path) -> None:
             continue  # sizes of a named T5 come from its own config
         theirs, mine = _lookup(saved, key), _lookup(ours, key)
         if theirs is not _ABSENT and theirs != mine:
-            raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; "
-                            f"the sizes must match the pretraining config to load its weights")
+            fix = ("a run resumes with the sizes it started with: restore the value, or train the new size in a "
+                   "new experiment folder" if resume else
+                   "the sizes must match the pretraining config to load its weights")
+            raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; {fix}")
 
 
 def make_tokenizer(cfg: Config, state: Optional[dict], train_clips: list[dict], dist: DistInfo):
@@ -176,6 +178,7 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     resume_state = ckpt.load_checkpoint(resume_path) if resume_path else None
     if resume_state is not None:
         check_weights_file(resume_state, resume_path)
+        check_architecture(cfg, resume_state, resume_path, resume=True)
     init_path = None if resume_path else resolve_init_weights(cfg)
     init_state = check_weights_file(ckpt.load_checkpoint(init_path), init_path) if init_path else None
     if init_state is not None:
@@ -184,7 +187,12 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     seed_everything(cfg.SEED)
     model = build_motion2text(cfg, tokenizer, subtraction_dim(train_clips, cfg.BRANCH), standards)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
+        try:
+            model.load_state_dict(resume_state["model"])
+        except RuntimeError as e:  # a checkpoint without its config, or one of another model
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise UserError(f"{resume_path}: its weights do not fit the model this config builds "
+                            f"({' '.join(lines[1:3])[:300]}); resume with the config the run started with") from None
         log.info("resuming from %s (epoch %d, step %d)", resume_path, resume_state["epoch"],
                  resume_state["global_step"])
     elif init_state is not None:

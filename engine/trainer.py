@@ -220,37 +220,39 @@ class Trainer:
             loss_sum += torch.tensor(self._partial_loss, dtype=torch.float64)
         bar = tqdm(total=num_batches, initial=self.batches_done, desc=f"epoch {epoch}", disable=not dist.is_main,
                    dynamic_ncols=True, leave=False)
-        for i, batch in enumerate(self.loader, start=self.batches_done):
-            _fault_hook(dist.rank, epoch, i)
-            _signal_hook(dist.rank, epoch, i)
-            labels = self.exp.model.codec.encode_targets(batch["texts"]).to(dist.device)
-            batch = move_batch(batch, dist.device)
-            sync = (i + 1) % accum == 0 or i + 1 == num_batches
-            # Accumulation micro-steps skip DDP's gradient all-reduce.
-            no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
-            with no_sync:
-                with torch.autocast(dist.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss = module(batch, labels)
-                loss = _nan_hook(self.global_step + 1, loss)
-                # Mean over the micro-batches of this optimizer step (the epoch's last group may be short).
-                group = min(accum, num_batches - (i // accum) * accum)
-                self.scaler.scale(loss / group).backward()
-            if torch.isfinite(loss):
-                loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-            self.batches_done = i + 1
-            bar.update(1)
-            if not sync:
-                continue
-            self._optimizer_step()
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            if self.global_step % cfg.TRAIN.LOG_EVERY == 0:
-                self.tb.scalar("train/loss", loss.item(), self.global_step)
-                self.tb.scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
-            if any_rank(self._stop_signal is not None, dist.device) and self.batches_done < num_batches:
-                # Every rank is here (any_rank agrees): sum the part-epoch loss over ranks for the checkpoint.
-                self._partial_loss = all_reduce_sum(loss_sum.to(dist.device)).cpu().tolist()
-                self._stop(f"signal {self._stop_signal or 'on another rank'}")
-        bar.close()
+        try:  # a stop or an abort inside the loop must not leave the bar half-drawn over its message
+            for i, batch in enumerate(self.loader, start=self.batches_done):
+                _fault_hook(dist.rank, epoch, i)
+                _signal_hook(dist.rank, epoch, i)
+                labels = self.exp.model.codec.encode_targets(batch["texts"]).to(dist.device)
+                batch = move_batch(batch, dist.device)
+                sync = (i + 1) % accum == 0 or i + 1 == num_batches
+                # Accumulation micro-steps skip DDP's gradient all-reduce.
+                no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+                with no_sync:
+                    with torch.autocast(dist.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                        loss = module(batch, labels)
+                    loss = _nan_hook(self.global_step + 1, loss)
+                    # Mean over the micro-batches of this optimizer step (the epoch's last group may be short).
+                    group = min(accum, num_batches - (i // accum) * accum)
+                    self.scaler.scale(loss / group).backward()
+                if torch.isfinite(loss):
+                    loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+                self.batches_done = i + 1
+                bar.update(1)
+                if not sync:
+                    continue
+                self._optimizer_step()
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if self.global_step % cfg.TRAIN.LOG_EVERY == 0:
+                    self.tb.scalar("train/loss", loss.item(), self.global_step)
+                    self.tb.scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
+                if any_rank(self._stop_signal is not None, dist.device) and self.batches_done < num_batches:
+                    # Every rank is here (any_rank agrees): sum the part-epoch loss over ranks for the checkpoint.
+                    self._partial_loss = all_reduce_sum(loss_sum.to(dist.device)).cpu().tolist()
+                    self._stop(f"signal {self._stop_signal or 'on another rank'}")
+        finally:
+            bar.close()
         total = all_reduce_sum(loss_sum.to(dist.device)).cpu()
         return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 

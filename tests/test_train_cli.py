@@ -328,12 +328,11 @@ def one_thread():
 def test_accumulated_gradient_is_the_mean_over_its_micro_batches_even_for_a_short_last_group(data, tmp_path,
                                                                                            one_thread):
     """3 batches, GRAD_ACCUM_STEPS 2: steps see mean(g0, g1) and g2 (not g2 / 2). In-process, no dropout."""
-    from dataloaders.formats import load_clips
-    from dataloaders.synthetic import _write
+    from dataloaders.formats import dump_clips, load_clips
     from engine.trainer import Trainer
 
     small = {**data, "pretrain_train": tmp_path / "six.pkl"}
-    _write(small["pretrain_train"], load_clips(data["pretrain_train"])[:6])  # 3 batches of 2
+    dump_clips(load_clips(data["pretrain_train"])[:6], small["pretrain_train"])  # 3 batches of 2
     cfg_file = write_experiment(tmp_path / "exp", small, DROPOUT=0.0, DATA={"BATCH_SIZE": 2},
                                 OPTIMIZER={"GRAD_ACCUM_STEPS": 2}, TRANSFORMATION={"PROJECTION_DROPOUT": 0.0},
                                 T5={"DROPOUT": 0.0})
