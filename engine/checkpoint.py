@@ -120,6 +120,18 @@ def verify(path: Path) -> Optional[str]:
     return None
 
 
+def checkpoint_file(path: Path, what: str) -> Path:
+    """A checkpoint file as given, or a folder → its newest valid checkpoint; `what` names the setting."""
+    if path.is_dir():
+        newest = newest_valid_checkpoint(path)
+        if newest is None:
+            raise UserError(f"{what}: no valid checkpoint (epoch_NNNN.pt with its .sha256) in folder {path}")
+        return newest
+    if not path.is_file():
+        raise UserError(f"{what}: {path} not found, expected a checkpoint file or a folder of checkpoints")
+    return path
+
+
 def load_checkpoint(path: Path, check_digest: bool = True) -> dict:
     """Load a checkpoint with weights_only=True: a crafted file cannot run code."""
     if not path.is_file():

@@ -57,15 +57,7 @@ def resolve_init_weights(cfg: Config) -> Optional[Path]:
     """Initial weights of a new run: WEIGHT_PATH (a checkpoint file, or a folder → its newest valid
     checkpoint); for finetuning without WEIGHT_PATH, the newest valid one in pretrain_checkpoints/."""
     if cfg.WEIGHT_PATH:
-        path = cfg.path(cfg.WEIGHT_PATH)
-        if path.is_dir():
-            newest = ckpt.newest_valid_checkpoint(path)
-            if newest is None:
-                raise UserError(f"config key WEIGHT_PATH: no valid checkpoint in folder {path}")
-            return newest
-        if not path.is_file():
-            raise UserError(f"config key WEIGHT_PATH: {path} not found, expected a checkpoint file or folder")
-        return path
+        return ckpt.checkpoint_file(cfg.path(cfg.WEIGHT_PATH), "config key WEIGHT_PATH")
     if cfg.TASK.PRETRAIN:
         return None
     folder = cfg.logdir / "pretrain_checkpoints"
@@ -76,9 +68,9 @@ def resolve_init_weights(cfg: Config) -> Optional[Path]:
     return newest
 
 
-# Config keys that fix the shapes and meaning of the loaded tensors: pretraining and finetuning must agree.
-_ARCHITECTURE_KEYS = ["HIDDEN_CHANNEL", "OUT_CHANNEL", "T5.NAME", "T5.D_MODEL", "T5.NUM_LAYERS", "T5.NUM_HEADS",
-                      "T5.D_KV", "T5.D_FF"]
+# Config keys that fix the shapes of the loaded tensors: pretraining and finetuning must agree on them.
+SIZE_KEYS = ("HIDDEN_CHANNEL", "OUT_CHANNEL", "T5.NAME", "T5.D_MODEL", "T5.NUM_LAYERS", "T5.NUM_HEADS",
+             "T5.D_KV", "T5.D_FF")
 
 
 _ABSENT = object()
@@ -103,20 +95,17 @@ def check_weights_file(state, source: Path) -> dict:
     return state
 
 
-def check_architecture(cfg: Config, state: dict, source: Path, resume: bool = False) -> None:
-    """Name the config key whose value differs from the one the weights were trained with."""
+def check_architecture(cfg: Config, state: dict, source: Path, fix: str, keys=SIZE_KEYS) -> None:
+    """Name the first config key whose value differs from the one the weights were trained with."""
     saved = state.get("config")
     if not isinstance(saved, dict):
-        return
+        return  # no stored config: the strict state-dict load still checks every shape
     ours = cfg.to_dict()
-    for key in _ARCHITECTURE_KEYS:
+    for key in keys:
         if key.startswith("T5.") and key != "T5.NAME" and cfg.T5.NAME is not None:
             continue  # sizes of a named T5 come from its own config
         theirs, mine = _lookup(saved, key), _lookup(ours, key)
         if theirs is not _ABSENT and theirs != mine:
-            fix = ("a run resumes with the sizes it started with: restore the value, or train the new size in a "
-                   "new experiment folder" if resume else
-                   "the sizes must match the pretraining config to load its weights")
             raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; {fix}")
 
 
@@ -178,11 +167,12 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     resume_state = ckpt.load_checkpoint(resume_path) if resume_path else None
     if resume_state is not None:
         check_weights_file(resume_state, resume_path)
-        check_architecture(cfg, resume_state, resume_path, resume=True)
+        check_architecture(cfg, resume_state, resume_path, "a run resumes with the sizes it started with: restore "
+                           "the value, or train the new size in a new experiment folder")
     init_path = None if resume_path else resolve_init_weights(cfg)
     init_state = check_weights_file(ckpt.load_checkpoint(init_path), init_path) if init_path else None
     if init_state is not None:
-        check_architecture(cfg, init_state, init_path)
+        check_architecture(cfg, init_state, init_path, "the sizes must match the pretraining config to load its weights")
     tokenizer = make_tokenizer(cfg, resume_state or init_state, train_clips, dist)
     seed_everything(cfg.SEED)
     model = build_motion2text(cfg, tokenizer, subtraction_dim(train_clips, cfg.BRANCH), standards)

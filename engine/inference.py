@@ -4,7 +4,7 @@ Where each piece comes from (one rule, used by `evaluate.py --checkpoint`):
 
 * the **config** is the experiment's ``config.yaml`` (plus ``--set`` overrides): data paths, generation
   settings (beams, penalties, max length) and the evaluation batch size are the user's to change after
-  training. The architecture keys (``ARCHITECTURE_KEYS``) must equal those stored in the checkpoint's
+  training. The architecture keys (``SIZE_KEYS`` plus branch, task and policy) must equal those stored in the checkpoint's
   ``"config"``; a difference is an error naming the key, never a silently mis-built model.
 * the **tokenizer** is the checkpoint's ``tokenizer_json`` (the one the weights were trained with);
 * the **weights** are the checkpoint's ``"model"``, loaded strictly; the branch-2 feature width is read
@@ -26,12 +26,11 @@ import torch
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.errors import UserError
+from engine.experiment import SIZE_KEYS, check_architecture
 
 log = logging.getLogger("motion2text")
 
 # Keys that decide the shapes or the prompt of the model: they must match the checkpoint's config.
-ARCHITECTURE_KEYS = ("HIDDEN_CHANNEL", "OUT_CHANNEL", "BRANCH", "TASK.PRETRAIN", "TRANSFORMATION.REDUCTION_POLICY",
-                     "T5.NAME", "T5.D_MODEL", "T5.NUM_LAYERS", "T5.NUM_HEADS", "T5.D_KV", "T5.D_FF")
 
 
 def _sample(names, n: int = 5) -> str:
@@ -64,15 +63,7 @@ def resolve_checkpoint(cfg: Config, spec: str) -> Path:
         return path
     if spec == "best":
         return best_checkpoint(cfg)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        newest = ckpt.newest_valid_checkpoint(path)
-        if newest is None:
-            raise UserError(f"--checkpoint {spec}: no valid checkpoint (epoch_NNNN.pt with its .sha256) in that folder")
-        return newest
-    if not path.exists():
-        raise UserError(f"--checkpoint {spec}: file not found (expected latest, best, a checkpoint file or a folder)")
-    return _valid_or_error(path)
+    return _valid_or_error(ckpt.checkpoint_file(Path(spec).expanduser(), f"--checkpoint {spec}"))
 
 
 def best_checkpoint(cfg: Config) -> Path:
@@ -103,27 +94,6 @@ def best_checkpoint(cfg: Config) -> Path:
 
 # ---- model ---------------------------------------------------------------------------------------
 
-def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return KeyError
-        d = d[part]
-    return d
-
-
-def check_architecture(cfg: Config, stored: Optional[dict], source: Path) -> None:
-    """Raise UserError when an architecture key of `cfg` differs from the checkpoint's config."""
-    if not isinstance(stored, dict):
-        return  # an older checkpoint without its config: the strict state-dict load still checks shapes
-    ours = cfg.to_dict()
-    diffs = [(k, _get(stored, k), _get(ours, k)) for k in ARCHITECTURE_KEYS]
-    diffs = [(k, a, b) for k, a, b in diffs if a is not KeyError and a != b]
-    if diffs:
-        text = "; ".join(f"{k} is {a!r} in the checkpoint, {b!r} in the config" for k, a, b in diffs)
-        raise UserError(f"{source}: the checkpoint does not match the experiment's config ({text}); "
-                        "evaluate it with the config it was trained with")
-
-
 def _subtraction_dim(cfg: Config, weights: dict, source: Path) -> int:
     if cfg.BRANCH != 2:
         return 0
@@ -141,7 +111,8 @@ def load_model(cfg: Config, path: Path, device: torch.device, standards: Optiona
     state = ckpt.load_checkpoint(path, check_digest=True)
     if not isinstance(state, dict) or "model" not in state or "tokenizer_json" not in state:
         raise UserError(f"{path}: not a Motion2Text training checkpoint (needs 'model' and 'tokenizer_json')")
-    check_architecture(cfg, state.get("config"), path)
+    check_architecture(cfg, state, path, "evaluate it with the config it was trained with",
+                       keys=SIZE_KEYS + ("BRANCH", "TASK.PRETRAIN", "TRANSFORMATION.REDUCTION_POLICY"))
     tokenizer = tokenizer_from_json(state["tokenizer_json"])
     model = build_motion2text(cfg, tokenizer, _subtraction_dim(cfg, state["model"], path), standards)
     try:
