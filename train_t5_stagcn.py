@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from engine.errors import EXIT_USER_ERROR, UserError
@@ -22,6 +23,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override config keys, e.g. --set OPTIMIZER.LR=3e-4 DATA.BATCH_SIZE=8")
     p.add_argument("--dry-run", action="store_true", help="build config, data and model, print a JSON summary, exit")
     return p.parse_args(argv)
+
+
+# The trainer (and DDP's reducer inside it) lives until the process ends: freeing the reducer after the
+# process group was destroyed runs gloo's destructor, which joins a worker thread that may be waiting for
+# the GIL held by the joining thread — a rare hang at exit (seen ~1 run in 15). `__main__` exits with
+# os._exit after flushing, so that teardown never runs.
+_KEEP_ALIVE: list = []
 
 
 def check_logdir(logdir) -> None:
@@ -76,6 +84,7 @@ def main(argv=None) -> int:
             save_config(cfg, logdir / "config_resolved.yaml")
             save_tokenizer(exp.model.codec.tokenizer, logdir / "tokenizer")
         trainer = Trainer(exp, dist)
+        _KEEP_ALIVE.append(trainer)
         trainer.fit(scorer if dist.is_main else None)
         log.info("done: checkpoints in %s, predictions in %s", cfg.checkpoint_dir, logdir / "jsons")
         return 0
@@ -93,4 +102,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "metrics.caption" in sys.modules:  # os._exit skips atexit: stop the METEOR JVM here
+        sys.modules["metrics.caption"].close_meteor()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
