@@ -4,7 +4,7 @@ TORCHRUN := .venv/bin/torchrun
 SYN := data/synthetic
 # One thread per process: 2 processes on 2 cores, no oversubscription.
 RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_stagcn.py
-DEMO_SET ?=
+DEMO_SET ?=  # config overrides for both demo stages, e.g. DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
 
 .PHONY: test demo clean-demo bench bx
 
@@ -24,8 +24,8 @@ $(SYN)/train.pkl: dataloaders/synthetic.py | .venv/.installed
 # an untrained model and caption baselines. Re-running resumes (finished runs return at once);
 # `make clean-demo` starts over.
 demo: .venv/.installed $(SYN)/train.pkl
-	$(RUN) --cfg_file results/demo_pretrain/config.yaml $(DEMO_SET)
-	$(RUN) --cfg_file results/demo_finetune/config.yaml $(DEMO_SET)
+	$(RUN) --cfg_file results/demo_pretrain/config.yaml $(if $(DEMO_SET),--set $(DEMO_SET))
+	$(RUN) --cfg_file results/demo_finetune/config.yaml $(if $(DEMO_SET),--set $(DEMO_SET))
 	$(PY) evaluate.py --exp results/demo_finetune --baselines
 
 clean-demo:
