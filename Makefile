@@ -4,7 +4,8 @@ TORCHRUN := .venv/bin/torchrun
 SYN := data/synthetic
 # One thread per process: 2 processes on 2 cores, no oversubscription.
 RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_stagcn.py
-DEMO_SET ?=  # config overrides for both demo stages, e.g. DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
+# Config overrides for both demo stages, e.g. make demo DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
+DEMO_SET ?=
 
 .PHONY: test demo clean-demo bench bx
 
