@@ -123,3 +123,28 @@ def test_batch_equals_single_clips():
             single = model(clips[i:i + 1], frame_mask[i:i + 1])
             for b, s in zip(batched, single):
                 torch.testing.assert_close(b[i:i + 1], s, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_graph_first_convolution_equals_the_reference_einsum_with_gradients(per_sample):
+    """STGCBlock aggregates over the graph before its 1×1 conv (faster); the result and every gradient must
+    equal the published order: conv to C_out × K channels, then einsum with A (⊙ M) or the per-sample graphs."""
+    from models.stgcn import STGCBlock
+
+    torch.manual_seed(0)
+    K, c_in, c_out, B, T = (4, 5, 6, 3, 7) if per_sample else (7, 5, 6, 3, 7)
+    block = STGCBlock(c_in, c_out, K, learnable_mask=not per_sample)
+    if not per_sample:
+        block.mask.data.uniform_(0.5, 1.5)
+    x = torch.randn(B, c_in, T, V, requires_grad=True)
+    A = torch.rand(B, K, V, V, requires_grad=True) if per_sample else torch.rand(K, V, V)
+    params = [x, block.graph_conv.weight, block.graph_conv.bias] + ([A] if per_sample else [block.mask])
+
+    y = block.graph_conv(x).view(B, K, c_out, T, V)
+    ref = (torch.einsum("nkctv,nkvw->nctw", y, A) if per_sample
+           else torch.einsum("nkctv,kvw->nctw", y, A * block.mask))
+    out = block.graph_convolution(x, A)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ref, params, g), torch.autograd.grad(out, params, g)):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,1 @@
+"""Benchmarks: `python bench/run.py` (speed against the hardware), `python -m bench.bucketing` (padding)."""

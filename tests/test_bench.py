@@ -1,0 +1,27 @@
+"""Smoke test of bench/run.py (issue 6): `--quick` runs every section and writes every key. No timings asserted."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_bench_writes_every_key_as_a_positive_finite_number(tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--device", "cpu",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    from bench.run import REQUIRED_KEYS
+
+    extra = ["generate_captions_per_s.bs32_beam3", "peak_rss_mib.bs4", "peak_rss_mib.bs16", "matmul_peak_gflops",
+             "stagcn_gflops", "train_step_s.branch0"]
+    for key in list(REQUIRED_KEYS) + extra:
+        value = results[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+    machine = results["machine"]
+    assert machine["threads"] >= 1 and machine["torch"] and machine["cpu_model"]
+    assert results["settings"]["quick"] is True
+    assert "train_samples_per_s.branch0" in proc.stdout  # the printed table
