@@ -13,6 +13,7 @@ Every command runs in a subprocess with OMP_NUM_THREADS=1 and a timeout; torchru
 from __future__ import annotations
 
 import contextlib
+import logging
 import json
 import os
 import signal
@@ -215,3 +216,20 @@ def max_param_diff(a: dict, b: dict) -> float:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def captured_log():
+    """Records of the `motion2text` logger (which does not propagate, so caplog would not see them)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("motion2text")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from engine.errors import EXIT_USER_ERROR, UserError
-from tests.cli_helpers import (REPO, TRAIN_SCRIPT, checkpoint_files, cli_env, explain, kill_group, load_final,
+from tests.cli_helpers import (REPO, TRAIN_SCRIPT, captured_log, checkpoint_files, cli_env, explain, kill_group, load_final,
                                max_param_diff, read_json, run, run_train, tiny_data, torchrun_cmd, train_cmd,
                                write_experiment)
 
@@ -68,23 +68,6 @@ def assert_same_training(exp: Path, reference: Path) -> None:
     assert diff <= TOL, f"final parameters differ from the uninterrupted run by {diff:.3g}"
     got, want = read_json(exp / "jsons" / "loss_history.json"), read_json(reference / "jsons" / "loss_history.json")
     assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in want], abs=TOL, rel=0)
-
-
-@contextlib.contextmanager
-def captured_log():
-    """Records of the `motion2text` logger (which does not propagate, so caplog would not see them)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("motion2text")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ logged losses). Every subprocess has OMP_NUM_THREADS=1 and a timeout; no fixed p
 """
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.cli_helpers import (TRAIN_SCRIPT, build_in_process, checkpoint_files, cli_env, explain, finish,
+from tests.cli_helpers import (TRAIN_SCRIPT, build_in_process, captured_log, checkpoint_files, cli_env, explain, finish,
                                free_port, kill_group, last_json_line, load_final, max_param_diff, one_cpu_process,
                                read_json, run, run_train, start, tiny_data, torchrun_cmd, video_names,
                                write_experiment)
@@ -171,18 +170,8 @@ def test_finetune_loads_pretrained_weights_except_the_projection(baseline_1p, da
     pretrained = load_final(baseline_1p / "pretrain_checkpoints")["model"]
     cfg = write_experiment(tmp_path / "ft", data, pretrain=False,
                            WEIGHT_PATH=str(baseline_1p / "pretrain_checkpoints"))
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("motion2text")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with captured_log() as records:
         exp = build_in_process(cfg)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     own = exp.model.state_dict()
     assert exp.init_source is not None and exp.init_source.name == "epoch_0002.pt"
     stagcn = [k for k in own if k.startswith("encoder.") and torch.is_floating_point(own[k])]
