@@ -9,3 +9,9 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+
+
+def sample_names(names, n: int = 5) -> str:
+    """Up to n of `names`, sorted and quoted, for error messages that must not list thousands of ids."""
+    names = sorted(names, key=str)
+    return ", ".join(repr(x) for x in names[:n]) + (", ..." if len(names) > n else "")

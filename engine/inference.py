@@ -25,7 +25,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine.config import Config
-from engine.errors import UserError
+from engine.errors import UserError, sample_names
 from engine.experiment import SIZE_KEYS, check_architecture
 
 log = logging.getLogger("motion2text")
@@ -33,9 +33,6 @@ log = logging.getLogger("motion2text")
 # Keys that decide the shapes or the prompt of the model: they must match the checkpoint's config.
 
 
-def _sample(names, n: int = 5) -> str:
-    names = sorted(map(str, names))
-    return ", ".join(repr(x) for x in names[:n]) + (", ..." if len(names) > n else "")
 
 
 # ---- which checkpoint ----------------------------------------------------------------------------
@@ -159,7 +156,7 @@ def load_inference_clips(cfg: Config, path: Path, standards: Optional[dict] = No
         lacking = [c.get("video_name", f"entry {i}") for i, c in enumerate(clips)
                    if isinstance(c, dict) and not c.get("motion_type")]
         if lacking:
-            raise UserError(f"{path}: {len(lacking)} clip(s) have no 'motion_type' ({_sample(lacking)}); BRANCH 1 "
+            raise UserError(f"{path}: {len(lacking)} clip(s) have no 'motion_type' ({sample_names(lacking)}); BRANCH 1 "
                             "compares each clip with the standard of its technique: pass --motion-type "
                             f"(one of {', '.join(sorted(standards))})")
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT if use_standard else "NONE"

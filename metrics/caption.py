@@ -37,7 +37,7 @@ import threading
 import unicodedata
 from typing import Mapping, Sequence
 
-from engine.errors import UserError
+from engine.errors import UserError, sample_names
 
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 SPICE_KEY = "SPICE"
@@ -89,10 +89,6 @@ def _check_java() -> None:
         raise UserError(JAVA_MISSING_MESSAGE)
 
 
-def _sample(ids, n: int = 5) -> str:
-    ids = sorted(ids, key=str)
-    shown = ", ".join(repr(i) for i in ids[:n])
-    return shown + (", ..." if len(ids) > n else "")
 
 
 def _check_inputs(predictions: Mapping, references: Mapping) -> list:
@@ -108,9 +104,9 @@ def _check_inputs(predictions: Mapping, references: Mapping) -> list:
         extra = pred_ids - ref_ids
         parts = []
         if missing:
-            parts.append(f"{len(missing)} clip id(s) have references but no prediction: {_sample(missing)}")
+            parts.append(f"{len(missing)} clip id(s) have references but no prediction: {sample_names(missing)}")
         if extra:
-            parts.append(f"{len(extra)} predicted clip id(s) have no references: {_sample(extra)}")
+            parts.append(f"{len(extra)} predicted clip id(s) have no references: {sample_names(extra)}")
         raise UserError(f"prediction and reference clip ids differ ({len(pred_ids)} predictions, "
                         f"{len(ref_ids)} references): " + "; ".join(parts))
     for clip_id, caption in predictions.items():

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Optional
 
-from engine.errors import UserError
+from engine.errors import UserError, sample_names
 
 RESULTS_RE = re.compile(r"^results_epoch(\d+)\.json$")
 BEST_BY = "CIDEr"
@@ -64,8 +64,8 @@ def references_from_clips(clips: list[dict], source) -> dict[str, list[str]]:
         refs[clip["video_name"]] = list(clip.get("labels") or [])
     unlabeled = [k for k, v in refs.items() if not v]
     if unlabeled:
-        shown = ", ".join(repr(k) for k in sorted(unlabeled)[:5]) + (", ..." if len(unlabeled) > 5 else "")
-        raise UserError(f"{source}: {len(unlabeled)} clip(s) have no 'labels' to score against: {shown}")
+        raise UserError(f"{source}: {len(unlabeled)} clip(s) have no 'labels' to score against: "
+                        f"{sample_names(unlabeled)}")
     return refs
 
 

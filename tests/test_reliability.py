@@ -82,12 +82,6 @@ def restore_logging():
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_digest(path: Path) -> None:

@@ -305,13 +305,6 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_accumulated_group(mu
     assert state["scheduler"]["last_epoch"] == 2
 
 
-@pytest.fixture
-def one_thread():
-    """In-process training on a shared 2-core machine: one intra-op thread (no OpenMP spinning)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_accumulated_gradient_is_the_mean_over_its_micro_batches_even_for_a_short_last_group(data, tmp_path,
