@@ -74,7 +74,8 @@ def main(argv=None) -> int:
             if dist.is_main:  # one summary, whatever the number of processes
                 print(json.dumps(summary), flush=True)
             return 0
-        scorer = CaptionScorer(meteor=cfg.EVAL.METEOR)  # fails here without Java, not after an epoch
+        # Fails here without Java, not after an epoch. EVAL.SCORE false: predictions only, scored later.
+        scorer = CaptionScorer(meteor=cfg.EVAL.METEOR) if cfg.EVAL.SCORE else None
         if dist.is_main:
             try:
                 logdir.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,8 @@ def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:
     return f"epoch_{epoch:04d}.pt" if step_in_epoch == 0 else f"epoch_{epoch:04d}_step_{step_in_epoch:06d}.pt"
 
 
-def save_checkpoint(folder: Path, name: str, state: dict, keep_last: int) -> Path:
+def save_checkpoint(folder: Path, name: str, state: dict, keep_last: int, keep: tuple[str, ...] = ()) -> Path:
+    """Write `folder/name` atomically with its digest, then prune to the newest `keep_last` (+ `keep` names)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
@@ -72,7 +73,7 @@ def save_checkpoint(folder: Path, name: str, state: dict, keep_last: int) -> Pat
         raise UserError(f"{path}: could not write the checkpoint ({e.strerror or e}); "
                         f"the previous checkpoints in {folder} are intact") from None
     _remove_stale_temp_files(folder)
-    _prune(folder, keep_last)
+    _prune(folder, keep_last, keep)
     return path
 
 
@@ -100,8 +101,10 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if CKPT_RE.match(p.name)), key=_sort_key)
 
 
-def _prune(folder: Path, keep_last: int) -> None:
+def _prune(folder: Path, keep_last: int, keep: tuple[str, ...] = ()) -> None:
     for old in list_checkpoints(folder)[:-keep_last]:
+        if old.name in keep:
+            continue
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
         old.unlink(missing_ok=True)
 

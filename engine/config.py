@@ -78,6 +78,8 @@ class CheckpointConfig:
 class EvalConfig:
     METRIC_PERIOD: int = 0  # evaluate every N epochs; 0 = on the checkpoint schedule
     METEOR: bool = True  # METEOR needs Java and ~15 s to load its paraphrase table once per process
+    SCORE: bool = True  # False: only write predictions (a node without Java); score later with evaluate.py --exp
+    EARLY_STOP_PATIENCE: int = 0  # stop after N evaluations without a better CIDEr; 0 = train every epoch
 
 
 @dataclass
@@ -249,6 +251,7 @@ def _check_ranges(cfg: Config) -> None:
         "DATA.NUM_WORKERS": cfg.DATA.NUM_WORKERS, "OPTIMIZER.WARMUP_STEPS": cfg.OPTIMIZER.WARMUP_STEPS,
         "OPTIMIZER.WEIGHT_DECAY": cfg.OPTIMIZER.WEIGHT_DECAY, "OPTIMIZER.GRAD_CLIP": cfg.OPTIMIZER.GRAD_CLIP,
         "EVAL.METRIC_PERIOD": cfg.EVAL.METRIC_PERIOD, "TRAIN.MAX_BAD_STEPS": cfg.TRAIN.MAX_BAD_STEPS,
+        "EVAL.EARLY_STOP_PATIENCE": cfg.EVAL.EARLY_STOP_PATIENCE,
     }
     for key, v in non_negative.items():
         if v < 0:
@@ -264,6 +267,9 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.T5.NAME is None and cfg.T5.D_MODEL != cfg.T5.NUM_HEADS * cfg.T5.D_KV:
         raise UserError(f"config keys T5.D_MODEL={cfg.T5.D_MODEL}, T5.NUM_HEADS={cfg.T5.NUM_HEADS}, "
                         f"T5.D_KV={cfg.T5.D_KV}: expected D_MODEL == NUM_HEADS × D_KV")
+    if cfg.EVAL.EARLY_STOP_PATIENCE and not cfg.EVAL.SCORE:
+        raise UserError(f"config keys EVAL.EARLY_STOP_PATIENCE={cfg.EVAL.EARLY_STOP_PATIENCE}, EVAL.SCORE=false: "
+                        "early stopping needs the validation scores; set EVAL.SCORE: true or the patience to 0")
     if cfg.DATA.TRAIN is None:
         raise UserError("config key DATA.TRAIN: missing, expected the path of the training data file")
     if cfg.DATA.TEST is None:

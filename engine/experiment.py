@@ -190,6 +190,9 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT
     train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment)
     test_set = EvalDataset(test_clips, segment=segment)
+    if cfg.EVAL.EARLY_STOP_PATIENCE and not all(c.get("labels") for c in test_clips):
+        raise UserError(f"config key EVAL.EARLY_STOP_PATIENCE={cfg.EVAL.EARLY_STOP_PATIENCE}: DATA.TEST {cfg.DATA.TEST} "
+                        "has clips without labels, so there is no validation score to stop on")
     return Experiment(cfg, train_set, test_set, model, resume_state, init_path)
 
 

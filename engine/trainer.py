@@ -29,6 +29,7 @@ from engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, any
 from engine.evaluator import predict, references_of, write_predictions
 from engine.experiment import Experiment, move_batch
 from engine.logs import TensorBoard
+from metrics.report import BEST_BY
 from models.tokenizer import tokenizer_to_json
 
 log = logging.getLogger("motion2text")
@@ -95,6 +96,9 @@ class Trainer:
         self.model = exp.model.to(dist.device)
         self.amp_dtype = autocast_dtype(cfg, dist.device)
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=self.amp_dtype == torch.float16)
+        log.info("device %s, precision %s, %d process(es)%s", dist.device,
+                 {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype], dist.world_size,
+                 f", backend {torch.distributed.get_backend()}" if dist.world_size > 1 else "")
         if dist.world_size > 1 and dist.device.type == "cuda":
             # SyncBatchNorm needs CUDA; on CPU/gloo each rank keeps its own BN statistics.
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -127,6 +131,8 @@ class Trainer:
         self.bad_steps = 0
         self._partial_loss = [0.0, 0.0]  # [loss sum, count] of a part-trained epoch
         self._stop_signal: Optional[int] = None
+        # Early stopping on the validation CIDEr (when on, the best epoch's checkpoint is never pruned).
+        self.early_stop = {"best_epoch": None, "best": None, "since_best": 0, "stopped": False}
         self.jsons = cfg.logdir / "jsons"
         self.tb = TensorBoard(cfg.logdir / "train_logs" if dist.is_main else None)
         if exp.resume_state is not None:
@@ -141,7 +147,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
                 "rng": rng, "loss_history": self.loss_history, "config": self.cfg.to_dict(),
-                "partial_loss": self._partial_loss,
+                "partial_loss": self._partial_loss, "early_stop": dict(self.early_stop),
                 "tokenizer_json": tokenizer_to_json(self.exp.model.codec.tokenizer),
                 "world_size": self.dist.world_size}
 
@@ -157,6 +163,7 @@ class Trainer:
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.global_step, self.loss_history = state["global_step"], list(state["loss_history"])
         self._partial_loss = [float(x) for x in state["partial_loss"]]  # summed over all ranks
+        self.early_stop.update(state.get("early_stop") or {})
         if len(state["rng"]) == self.dist.world_size:
             ckpt.set_rng_state(state["rng"][self.dist.rank])
         else:
@@ -167,8 +174,10 @@ class Trainer:
     def save(self) -> None:
         state = self._state()  # collective: every rank takes part
         if self.dist.is_main:
+            best = self.early_stop["best_epoch"]
             path = ckpt.save_checkpoint(self.cfg.checkpoint_dir, ckpt.checkpoint_name(self.epoch, self.batches_done),
-                                        state, self.cfg.CHECKPOINT.KEEP_LAST)
+                                        state, self.cfg.CHECKPOINT.KEEP_LAST,
+                                        keep=() if best is None else (ckpt.checkpoint_name(best),))
             log.info("saved %s", path)
         barrier()
 
@@ -194,6 +203,25 @@ class Trainer:
                      *sample[0])
         barrier()
         return metrics
+
+    def _track_best(self, metrics: Optional[dict]) -> tuple[bool, bool]:
+        """(new best, stop now) after an evaluation, agreed by every rank (only rank 0 has the metrics)."""
+        es, patience = self.early_stop, self.cfg.EVAL.EARLY_STOP_PATIENCE
+        improved = stop = False
+        if metrics is not None and BEST_BY in metrics:
+            if es["best"] is None or metrics[BEST_BY] > es["best"]:
+                es.update(best_epoch=self.epoch, best=metrics[BEST_BY], since_best=0)
+                improved = True
+            else:
+                es["since_best"] += 1
+            stop = patience > 0 and es["since_best"] >= patience and self.epoch < self.cfg.OPTIMIZER.MAX_EPOCH
+        improved, stop = any_rank(improved, self.dist.device), any_rank(stop, self.dist.device)
+        if stop:
+            es["stopped"] = True
+            log.info("early stop after epoch %d: %s has not improved for %d evaluations (best %.2f at epoch %d, "
+                     "its checkpoint is kept: evaluate.py --exp %s --checkpoint best)", self.epoch, BEST_BY,
+                     es["since_best"], es["best"], es["best_epoch"], self.cfg.logdir)
+        return improved, stop
 
     def should_evaluate(self, epoch: int) -> bool:
         period = self.cfg.EVAL.METRIC_PERIOD
@@ -290,6 +318,11 @@ class Trainer:
         cfg = self.cfg
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if self.early_stop["stopped"]:
+                log.info("this run already stopped early at epoch %d (best %s at epoch %s); nothing to train. Set "
+                         "EVAL.EARLY_STOP_PATIENCE=0 (or higher) and relaunch to train on", self.epoch, BEST_BY,
+                         self.early_stop["best_epoch"])
+                return
             if self.exp.resume_state is None and cfg.TRAIN.SANITY_EVAL:
                 self.evaluate(0, scorer)
             log.info("training epochs %d..%d, %d batches/epoch/rank, %d optimizer steps/epoch",
@@ -306,11 +339,16 @@ class Trainer:
                 if self.dist.is_main:
                     self.jsons.mkdir(parents=True, exist_ok=True)
                     (self.jsons / "loss_history.json").write_text(json.dumps(self.loss_history, indent=1))
-                saved = should_checkpoint(self.epoch, cfg.OPTIMIZER.MAX_EPOCH)
+                improved = stop = False
+                if self.should_evaluate(self.epoch):  # before the save: the checkpoint holds the early-stop state
+                    metrics = self.evaluate(self.epoch, scorer)
+                    if cfg.EVAL.EARLY_STOP_PATIENCE:
+                        improved, stop = self._track_best(metrics)
+                saved = should_checkpoint(self.epoch, cfg.OPTIMIZER.MAX_EPOCH) or improved or stop
                 if saved:
                     self.save()
-                if self.should_evaluate(self.epoch):
-                    self.evaluate(self.epoch, scorer)
+                if stop:
+                    break
                 # A signal during the epoch's last batch or its evaluation: stop at this epoch boundary.
                 if self.epoch < cfg.OPTIMIZER.MAX_EPOCH and any_rank(self._stop_signal is not None, self.dist.device):
                     self._stop(f"signal {self._stop_signal or 'on another rank'}", save=not saved)

@@ -816,10 +816,10 @@ def test_disk_full_during_training_stops_with_exit_2_and_one_line(data, tmp_path
     ckpts = cfg.parent / "pretrain_checkpoints"
     real_save = ckpt.save_checkpoint
 
-    def save(folder, name, state, keep_last):
+    def save(folder, name, state, keep_last, **kwargs):
         if name == "epoch_0002.pt":
             fill_disk_at(monkeypatch, 1)
-        return real_save(folder, name, state, keep_last)
+        return real_save(folder, name, state, keep_last, **kwargs)
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save)
     assert train_t5_stagcn.main(["--cfg_file", str(cfg)]) == EXIT_USER_ERROR

@@ -364,3 +364,44 @@ def test_keep_last_k_keeps_the_newest_by_epoch_and_step(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.sha256")) == ["epoch_0003.pt.sha256", "epoch_0010.pt.sha256"]
     assert not list(tmp_path.glob(".*tmp*"))
     assert newest_valid_checkpoint(tmp_path).name == "epoch_0010.pt"
+
+
+# ---- early stopping -----------------------------------------------------------------------------
+
+def test_early_stop_keeps_the_best_checkpoint_and_a_relaunch_trains_nothing(data, tmp_path):
+    # LR 1e-12: the captions never change, so the validation CIDEr never beats epoch 1's.
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"LR": 1e-12, "MAX_EPOCH": 6},
+                           EVAL={"METRIC_PERIOD": 1, "EARLY_STOP_PATIENCE": 2}, CHECKPOINT={"KEEP_LAST": 1},
+                           TRAIN={"SANITY_EVAL": False})
+    res = run_train(cfg)
+    assert res.returncode == 0, explain(res)
+    exp = cfg.parent
+    assert [h["epoch"] for h in read_json(exp / "jsons" / "loss_history.json")] == [1, 2, 3]
+    assert "early stop after epoch 3" in res.stderr + res.stdout
+    # KEEP_LAST 1 keeps the newest, and the best epoch's checkpoint is never pruned.
+    assert checkpoint_files(exp / "pretrain_checkpoints") == ["epoch_0001.pt", "epoch_0003.pt"]
+    state = load_final(exp / "pretrain_checkpoints")
+    assert state["early_stop"]["best_epoch"] == 1 and state["early_stop"]["stopped"]
+    again = run_train(cfg)
+    assert again.returncode == 0, explain(again)
+    assert "already stopped early at epoch 3" in again.stderr + again.stdout
+    assert checkpoint_files(exp / "pretrain_checkpoints") == ["epoch_0001.pt", "epoch_0003.pt"]
+    assert len(read_json(exp / "jsons" / "loss_history.json")) == 3
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["EVAL.EARLY_STOP_PATIENCE=2", "EVAL.SCORE=false"], "early stopping needs the validation scores"),
+    (["EVAL.EARLY_STOP_PATIENCE=-1"], "EVAL.EARLY_STOP_PATIENCE: got -1"),
+])
+def test_early_stop_config_errors(data, tmp_path, sets, message):
+    cfg = write_experiment(tmp_path / "exp", data)
+    res = run_train(cfg, "--set", *sets)
+    assert res.returncode == 2 and message in res.stderr, explain(res)
+
+
+def test_score_false_writes_predictions_without_metrics(data, tmp_path):
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, EVAL={"SCORE": False})
+    res = run_train(cfg)
+    assert res.returncode == 0, explain(res)
+    jsons = cfg.parent / "jsons"
+    assert (jsons / "results_epoch1.json").is_file() and not list(jsons.glob("metrics_epoch*.json"))
