@@ -7,7 +7,7 @@ RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_st
 # Config overrides for both demo stages, e.g. make demo DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
 DEMO_SET ?=
 
-.PHONY: test demo clean-demo bench bx
+.PHONY: test demo clean-demo bench bx bx-experiments
 
 .venv/.installed: requirements.txt
 	test -x .venv/bin/python || python3 -m venv .venv
@@ -41,7 +41,11 @@ bench: .venv/.installed
 # file (results/bx_finetune_full) and score on that labelled file.
 BX := ../shared/data/bx
 BX_TEST ?=
-BX_FULL := LOGDIR=results/bx_finetune_full DATA.TRAIN=$(BX)/BX_train.pkl DATA.TEST=$(abspath $(BX_TEST))
+# Epochs for the whole-file run: the median early-stopped epoch of the validation runs (README table); the
+# test file is scored once, at that last epoch.
+BX_EPOCHS ?= 12
+BX_FULL := LOGDIR=results/bx_finetune_full DATA.TRAIN=$(BX)/BX_train.pkl DATA.TEST=$(abspath $(BX_TEST)) \
+	OPTIMIZER.MAX_EPOCH=$(BX_EPOCHS) EVAL.EARLY_STOP_PATIENCE=0 EVAL.METRIC_PERIOD=$(BX_EPOCHS) TRAIN.SANITY_EVAL=false
 
 data/splits/bx_person_train.pkl: dataloaders/splits.py | .venv/.installed
 	$(PY) -m dataloaders.splits --data $(BX)/BX_train.pkl --out data/splits --name bx
@@ -54,3 +58,21 @@ else
 	$(RUN) --cfg_file results/bx_finetune/config.yaml --set $(BX_FULL)
 	$(PY) evaluate.py --exp results/bx_finetune --set $(BX_FULL) --baselines
 endif
+
+# The README's BX table: the recommended setting with 3 seeds and each ablation (branch 0, SKELETON_POOL,
+# synthetic pretraining) with seed 42, on both validation splits; BX_JOBS single-process runs at a time
+# into results/bx_runs/<experiment>/<split>_s<seed>/ (a re-run resumes or skips finished runs), then one
+# table of mean ± std next to the baselines.
+BX_JOBS ?= 2
+BX_RUNS := $(foreach split,person random,$(foreach seed,42 43 44,bx_finetune:$(split):$(seed)) \
+	$(foreach exp,bx_branch0 bx_skeleton_pool bx_from_synthetic,$(exp):$(split):42))
+BX_RUN_ONE = OMP_NUM_THREADS=1 $(PY) train_t5_stagcn.py --cfg_file results/$$1/config.yaml --set SEED=$$3 \
+	LOGDIR=results/bx_runs/$$1/$$2_s$$3 DATA.TRAIN=data/splits/bx_$$2_train.pkl DATA.TEST=data/splits/bx_$$2_val.pkl
+
+bx-experiments: .venv/.installed data/splits/bx_person_train.pkl $(SYN)/train.pkl
+	OMP_NUM_THREADS=2 $(PY) train_t5_stagcn.py --cfg_file results/bx_pretrain_synthetic/config.yaml
+	mkdir -p results/bx_runs
+	printf '%s\n' $(BX_RUNS) | xargs -P $(BX_JOBS) -I RUN sh -c 'IFS=:; set -- RUN; \
+		echo "run $$1 $$2 seed $$3"; $(BX_RUN_ONE) > results/bx_runs/$$1.$$2_s$$3.log 2>&1 \
+		|| { echo "FAILED: $$1 $$2 seed $$3, see results/bx_runs/$$1.$$2_s$$3.log"; exit 255; }'
+	$(PY) evaluate.py --summary results/bx_runs/*/*/ --baselines

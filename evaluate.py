@@ -4,6 +4,7 @@
     python evaluate.py --pred preds.json --ann refs.pkl|refs.json [--json out.json]
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH [--data clips.pkl|clip.npy]
                        [--out preds.json] [--motion-type Jab]
+    python evaluate.py --summary RUN_DIR [RUN_DIR ...] [--baselines]   # mean ± std over seeds, one table
     any of them: [--no-meteor] [--spice] [--bertscore]; with --exp: [--plot-attention DIR [--epoch N]]
 
 Metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap, PTB tokenizer, all references of a clip), on the
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--pred", help="predictions JSON {video_name: caption}")
     src.add_argument("--ann", help="references: dataset file (.pkl/.pt/.pth, its 'labels') or JSON "
                                    "{video_name: [reference, ...]}")
+    src.add_argument("--summary", nargs="+", metavar="RUN_DIR",
+                     help="finished runs (e.g. results/bx_runs/*/*/): one markdown table, mean ± std over the seeds "
+                          "of each <experiment>/<split>_s<seed>; with --baselines the baselines of each split too")
     src.add_argument("--json", metavar="METRICS_JSON", help="also write the metrics to this JSON file")
     inf = p.add_argument_group("inference (with --exp)")
     inf.add_argument("--checkpoint", metavar="latest|best|PATH",
@@ -61,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_args(a: argparse.Namespace) -> None:
+    if a.summary:
+        if a.exp or a.pred or a.checkpoint or a.plot_attention:
+            raise UserError("--summary takes run folders alone (with --baselines and the metric switches)")
+        return
     if bool(a.exp) == bool(a.pred):
         raise UserError("give either --exp results/<exp> or --pred preds.json --ann refs (see --help)")
     if a.pred and not a.ann:
@@ -199,6 +207,15 @@ def plot_epoch(a, cfg, best) -> None:
     print(f"wrote {len(written)} attention picture(s) of epoch {epoch} to {a.plot_attention}")
 
 
+def summarize_runs(a) -> int:
+    from metrics.caption import METRIC_KEYS
+    from metrics.summary import collect_runs, markdown_table
+
+    groups = collect_runs([Path(r) for r in a.summary])
+    print(markdown_table(groups, list(METRIC_KEYS), make_scorer(a) if a.baselines else None))
+    return 0
+
+
 def run_checkpoint(a, cfg) -> int:
     from engine.inference import (default_device, generate_captions, labels_state, load_inference_clips,
                                   load_model, load_standards_for, resolve_checkpoint)
@@ -247,6 +264,8 @@ def main(argv=None) -> int:
     log.propagate = False
     try:
         check_args(args)
+        if args.summary:
+            return summarize_runs(args)
         if args.pred:
             return score_predictions_file(args)
         from engine.config import load_config  # heavy imports after parsing: --help answers at once

@@ -287,3 +287,46 @@ def test_report_helpers():
     assert best_epoch({}) is None
     table = format_table(per, ["BLEU-4", "CIDEr"], mark=4).splitlines()
     assert table[0].split() == ["epoch", "BLEU-4", "CIDEr"] and table[2].split() == ["4*", "3.00", "20.00"]
+
+
+# ---- --summary: many runs, one table ---------------------------------------------------------------
+
+def fake_run(folder: Path, data: dict, seed: int, cider_by_epoch: dict, patience: int = 0) -> Path:
+    """A finished-run folder as training leaves it: config_resolved.yaml and jsons/metrics_epoch*.json."""
+    from engine.config import config_from_dict, save_config
+    from metrics.caption import METRIC_KEYS
+
+    cfg = config_from_dict({"SEED": seed, "DATA": {"TRAIN": str(data["train"]), "TEST": str(data["test"])},
+                            "EVAL": {"EARLY_STOP_PATIENCE": patience}})
+    (folder / "jsons").mkdir(parents=True)
+    save_config(cfg, folder / "config_resolved.yaml")
+    for epoch, cider in cider_by_epoch.items():
+        metrics = {k: float(epoch) for k in METRIC_KEYS} | {"CIDEr": cider}
+        (folder / "jsons" / f"metrics_epoch{epoch}.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_summary_is_mean_and_std_over_seeds_of_the_selected_epochs(data, tmp_path, capsys):
+    import evaluate
+
+    runs = tmp_path / "runs"
+    # Early stopping on: the best-CIDEr epoch is the model (2 and 4); off: the last epoch (3).
+    fake_run(runs / "exp_a" / "person_s1", data, 1, {2: 10.0, 4: 8.0}, patience=2)
+    fake_run(runs / "exp_a" / "person_s2", data, 2, {2: 5.0, 4: 14.0}, patience=2)
+    fake_run(runs / "exp_b" / "person_s1", data, 1, {1: 30.0, 3: 20.0})
+    assert evaluate.main(["--summary", *map(str, sorted(runs.glob("*/*")))]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| person")]
+    assert rows[0].startswith("| person | exp_a | 2 (1, 2) | 2, 4 | 3.00 ± 1.41 |")  # BLEU-1 = epoch numbers
+    assert rows[0].endswith("| 12.00 ± 2.83 |")  # CIDEr of the selected epochs: 10 and 14
+    assert rows[1].startswith("| person | exp_b | 1 (1) | 3 | 3.00 |") and rows[1].endswith("| 20.00 |")
+
+
+def test_summary_with_baselines_and_bad_folders(data, tmp_path, capsys):
+    import evaluate
+
+    run = fake_run(tmp_path / "exp" / "val_s7", data, 7, {1: 1.0})
+    assert evaluate.main(["--summary", str(run), "--baselines", "--no-meteor"]) == 0
+    names = [ln.split("|")[2].strip() for ln in capsys.readouterr().out.splitlines() if ln.startswith("| val")]
+    assert names == ["constant caption", "nearest neighbour", "exp"]
+    assert evaluate.main(["--summary", str(tmp_path)]) == EXIT_USER_ERROR
+    assert "no config_resolved.yaml" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""One table for many runs: mean ± std over seeds per (experiment, split), next to the baselines.
+
+A run is a finished experiment folder (config_resolved.yaml + jsons/metrics_epoch*.json written during
+training). Runs are grouped by their parent folder (the experiment) and their own name without the seed
+suffix (the split): `results/bx_runs/bx_finetune/person_s43` → (bx_finetune, person). The model of a run
+is the one its config selects: with early stopping, the epoch of the best validation CIDEr (the checkpoint
+`evaluate.py --checkpoint best` loads; selected on the same clips, hence slightly optimistic); without,
+the last epoch. Baselines (constant caption per technique, nearest-neighbour retrieval) are scored once
+per (training file, validation file) pair with the same scorer.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from engine.errors import UserError
+
+SEED_SUFFIX = re.compile(r"_s\d+$")
+
+
+def _run_config(run: Path):
+    from engine.config import load_config
+
+    path = run / "config_resolved.yaml"
+    if not path.is_file():
+        raise UserError(f"{run}: no config_resolved.yaml, expected a folder written by train_t5_stagcn.py")
+    return load_config(path)
+
+
+def selected_epoch(cfg, per_epoch: dict) -> int:
+    from metrics.report import best_epoch
+
+    return best_epoch(per_epoch) if cfg.EVAL.EARLY_STOP_PATIENCE else max(per_epoch)
+
+
+def collect_runs(runs: list[Path]) -> dict[tuple[str, str], list[dict]]:
+    """{(experiment, split): [{"seed", "epoch", "metrics", "train", "test"}, ...]}"""
+    from metrics.report import read_experiment_metrics
+
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        run = Path(run)
+        cfg = _run_config(run)
+        per_epoch = read_experiment_metrics(run)
+        if not per_epoch:
+            raise UserError(f"{run}: no jsons/metrics_epoch*.json (did the run finish with EVAL.SCORE true?)")
+        epoch = selected_epoch(cfg, per_epoch)
+        groups[(run.parent.name, SEED_SUFFIX.sub("", run.name))].append(
+            {"seed": cfg.SEED, "epoch": epoch, "metrics": per_epoch[epoch],
+             "train": cfg.path(cfg.DATA.TRAIN), "test": cfg.path(cfg.DATA.TEST)})
+    return dict(groups)
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def baseline_rows(scorer, train: Path, test: Path) -> dict[str, dict]:
+    from dataloaders.formats import load_clips
+    from metrics.baselines import baseline_predictions
+    from metrics.report import load_references
+
+    refs = load_references(test)
+    return {name: scorer.score(captions, refs)
+            for name, captions in baseline_predictions(load_clips(train), load_clips(test)).items()}
+
+
+def markdown_table(groups: dict[tuple[str, str], list[dict]], keys: list[str], scorer=None) -> str:
+    """Split by split: baselines first (when a scorer is given), then each experiment, mean ± std over seeds."""
+    lines = ["| split | model | runs (seeds) | epoch | " + " | ".join(keys) + " |",
+             "|---|---|---|---|" + "---|" * len(keys)]
+    for split in sorted({s for _, s in groups}):
+        if scorer is not None:
+            pairs = {(r["train"], r["test"]) for (_, s), rs in groups.items() if s == split for r in rs}
+            for train, test in sorted(pairs):
+                for name, m in baseline_rows(scorer, train, test).items():
+                    lines.append(f"| {split} | {name} | – | – | " + " | ".join(f"{m[k]:.2f}" if k in m else "–" for k in keys) + " |")
+        for (exp, s), rs in sorted(groups.items()):
+            if s != split:
+                continue
+            rs = sorted(rs, key=lambda r: r["seed"])
+            cells = [mean_std([r["metrics"][k] for r in rs]) if all(k in r["metrics"] for r in rs) else "–"
+                     for k in keys]
+            seeds = ", ".join(str(r["seed"]) for r in rs)
+            epochs = ", ".join(str(r["epoch"]) for r in rs)
+            lines.append(f"| {split} | {exp} | {len(rs)} ({seeds}) | {epochs} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
