@@ -72,7 +72,7 @@ BX_RUN_ONE = OMP_NUM_THREADS=1 $(PY) train_t5_stagcn.py --cfg_file results/$$1/c
 bx-experiments: .venv/.installed data/splits/bx_person_train.pkl $(SYN)/train.pkl
 	OMP_NUM_THREADS=2 $(PY) train_t5_stagcn.py --cfg_file results/bx_pretrain_synthetic/config.yaml
 	mkdir -p results/bx_runs
-	printf '%s\n' $(BX_RUNS) | xargs -P $(BX_JOBS) -I RUN sh -c 'IFS=:; set -- RUN; \
+	printf '%s\n' $(BX_RUNS) | xargs -P $(BX_JOBS) -I RUN sh -c 'set -- $$(echo RUN | tr : " "); \
 		echo "run $$1 $$2 seed $$3"; $(BX_RUN_ONE) > results/bx_runs/$$1.$$2_s$$3.log 2>&1 \
 		|| { echo "FAILED: $$1 $$2 seed $$3, see results/bx_runs/$$1.$$2_s$$3.log"; exit 255; }'
 	$(PY) evaluate.py --summary results/bx_runs/*/*/ --baselines
