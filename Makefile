@@ -43,7 +43,7 @@ BX := ../shared/data/bx
 BX_TEST ?=
 # Epochs for the whole-file run: the median early-stopped epoch of the validation runs (README table); the
 # test file is scored once, at that last epoch.
-BX_EPOCHS ?= 12
+BX_EPOCHS ?= 10
 BX_FULL := LOGDIR=results/bx_finetune_full DATA.TRAIN=$(BX)/BX_train.pkl DATA.TEST=$(abspath $(BX_TEST)) \
 	OPTIMIZER.MAX_EPOCH=$(BX_EPOCHS) EVAL.EARLY_STOP_PATIENCE=0 EVAL.METRIC_PERIOD=$(BX_EPOCHS) TRAIN.SANITY_EVAL=false
 
