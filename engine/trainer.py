@@ -318,11 +318,13 @@ class Trainer:
         cfg = self.cfg
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            if self.early_stop["stopped"]:
+            patience = cfg.EVAL.EARLY_STOP_PATIENCE
+            if self.early_stop["stopped"] and 0 < patience <= self.early_stop["since_best"]:
                 log.info("this run already stopped early at epoch %d (best %s at epoch %s); nothing to train. Set "
                          "EVAL.EARLY_STOP_PATIENCE=0 (or higher) and relaunch to train on", self.epoch, BEST_BY,
                          self.early_stop["best_epoch"])
                 return
+            self.early_stop["stopped"] = False  # a raised (or switched-off) patience lets a stopped run go on
             if self.exp.resume_state is None and cfg.TRAIN.SANITY_EVAL:
                 self.evaluate(0, scorer)
             log.info("training epochs %d..%d, %d batches/epoch/rank, %d optimizer steps/epoch",

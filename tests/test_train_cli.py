@@ -387,6 +387,10 @@ def test_early_stop_keeps_the_best_checkpoint_and_a_relaunch_trains_nothing(data
     assert "already stopped early at epoch 3" in again.stderr + again.stdout
     assert checkpoint_files(exp / "pretrain_checkpoints") == ["epoch_0001.pt", "epoch_0003.pt"]
     assert len(read_json(exp / "jsons" / "loss_history.json")) == 3
+    # Switching early stopping off (the message's advice) trains on to MAX_EPOCH.
+    on = run_train(cfg, "--set", "EVAL.EARLY_STOP_PATIENCE=0")
+    assert on.returncode == 0, explain(on)
+    assert [h["epoch"] for h in read_json(exp / "jsons" / "loss_history.json")] == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("sets, message", [
