@@ -41,9 +41,12 @@ def _norm_segment(segment: str) -> str:
 
 
 class _ClipDataset(Dataset):
-    def __init__(self, clips: list[dict], segment: str = "NONE"):
+    def __init__(self, clips: list[dict], segment: str = "NONE", retrieved: Optional[list[str]] = None):
+        if retrieved is not None and len(retrieved) != len(clips):
+            raise ValueError(f"retrieved texts: {len(retrieved)} for {len(clips)} clips")
         self.clips = clips
         self.segment = _norm_segment(segment)
+        self.retrieved = retrieved  # per clip, the labels of its nearest training clips (RETRIEVAL.NEIGHBOURS)
 
     def _item(self, ci: int) -> dict:
         clip = self.clips[ci]
@@ -54,14 +57,16 @@ class _ClipDataset(Dataset):
             "motion_type": clip.get("motion_type"),
             "segment": _segment(clip, self.segment),
             "subtraction": None if sub is None else torch.as_tensor(sub, dtype=torch.float32),
+            "retrieved": None if self.retrieved is None else self.retrieved[ci],
         }
 
 
 class TrainDataset(_ClipDataset):
     """One sample per (clip, label) pair, plus `augmented_labels` when switched on."""
 
-    def __init__(self, clips: list[dict], use_augmented_labels: bool = False, segment: str = "NONE"):
-        super().__init__(clips, segment)
+    def __init__(self, clips: list[dict], use_augmented_labels: bool = False, segment: str = "NONE",
+                 retrieved: Optional[list[str]] = None):
+        super().__init__(clips, segment, retrieved)
         # (clip index, text): the texts are references to the clip's strings, coordinates are never copied.
         self.index: list[tuple[int, str]] = []
         for ci, clip in enumerate(clips):
@@ -120,6 +125,8 @@ def collate(items: list[dict]) -> dict:
     if all(it.get("segment") is not None for it in items):
         seg = torch.tensor([it["segment"] for it in items], dtype=torch.long)  # [B, 2]
         batch["segment_start"], batch["std_segment_start"] = seg[:, 0], seg[:, 1]
+    if all(it.get("retrieved") is not None for it in items):
+        batch["retrieved"] = [it["retrieved"] for it in items]  # texts, tokenized by the model
     if all(it.get("subtraction") is not None for it in items):
         batch["subtraction"] = _pad([it["subtraction"] for it in items])  # [B, Tmax, C]
     return batch

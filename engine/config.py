@@ -51,6 +51,16 @@ class AlignmentConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    # > 0: the labels of the k nearest training clips (same technique, skeleton distance) go to T5 as text
+    # next to the motion tokens. Not in the original model; 0 keeps it as published.
+    NEIGHBOURS: int = 0
+    # Training clips retrieve neither themselves nor, with PERSON, any clip of their own person (the number
+    # before the first `_` of video_name): PERSON when test persons are new, CLIP when they are seen in training.
+    EXCLUDE: Literal["CLIP", "PERSON"] = "CLIP"
+
+
+@dataclass
 class OptimizerConfig:
     LR: float = 1e-4
     MAX_EPOCH: int = 50
@@ -115,6 +125,7 @@ class Config:
     TRANSFORMATION: TransformationConfig = field(default_factory=TransformationConfig)
     DATA: DataConfig = field(default_factory=DataConfig)
     ALIGNMENT: AlignmentConfig = field(default_factory=AlignmentConfig)
+    RETRIEVAL: RetrievalConfig = field(default_factory=RetrievalConfig)
     OPTIMIZER: OptimizerConfig = field(default_factory=OptimizerConfig)
     TRAIN: TrainConfig = field(default_factory=TrainConfig)
     CHECKPOINT: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -251,7 +262,7 @@ def _check_ranges(cfg: Config) -> None:
         "DATA.NUM_WORKERS": cfg.DATA.NUM_WORKERS, "OPTIMIZER.WARMUP_STEPS": cfg.OPTIMIZER.WARMUP_STEPS,
         "OPTIMIZER.WEIGHT_DECAY": cfg.OPTIMIZER.WEIGHT_DECAY, "OPTIMIZER.GRAD_CLIP": cfg.OPTIMIZER.GRAD_CLIP,
         "EVAL.METRIC_PERIOD": cfg.EVAL.METRIC_PERIOD, "TRAIN.MAX_BAD_STEPS": cfg.TRAIN.MAX_BAD_STEPS,
-        "EVAL.EARLY_STOP_PATIENCE": cfg.EVAL.EARLY_STOP_PATIENCE,
+        "EVAL.EARLY_STOP_PATIENCE": cfg.EVAL.EARLY_STOP_PATIENCE, "RETRIEVAL.NEIGHBOURS": cfg.RETRIEVAL.NEIGHBOURS,
     }
     for key, v in non_negative.items():
         if v < 0:

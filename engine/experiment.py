@@ -16,6 +16,7 @@ import torch
 
 from dataloaders.datasets import EvalDataset, TrainDataset, load_dataset
 from dataloaders.formats import load_standards
+from dataloaders.retrieval import retrieval_prompts
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import DistInfo, broadcast_object
@@ -188,8 +189,11 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     elif init_state is not None:
         load_pretrained_weights(model, init_state, init_path)
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT
-    train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment)
-    test_set = EvalDataset(test_clips, segment=segment)
+    k, exclude = cfg.RETRIEVAL.NEIGHBOURS, cfg.RETRIEVAL.EXCLUDE
+    train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment,
+                             retrieved=retrieval_prompts(train_clips, train_clips, k, exclude) if k else None)
+    test_set = EvalDataset(test_clips, segment=segment,
+                           retrieved=retrieval_prompts(train_clips, test_clips, k) if k else None)
     if cfg.EVAL.EARLY_STOP_PATIENCE and not all(c.get("labels") for c in test_clips):
         raise UserError(f"config key EVAL.EARLY_STOP_PATIENCE={cfg.EVAL.EARLY_STOP_PATIENCE}: DATA.TEST {cfg.DATA.TEST} "
                         "has clips without labels, so there is no validation score to stop on")

@@ -109,7 +109,8 @@ def load_model(cfg: Config, path: Path, device: torch.device, standards: Optiona
     if not isinstance(state, dict) or "model" not in state or "tokenizer_json" not in state:
         raise UserError(f"{path}: not a Motion2Text training checkpoint (needs 'model' and 'tokenizer_json')")
     check_architecture(cfg, state, path, "evaluate it with the config it was trained with",
-                       keys=SIZE_KEYS + ("BRANCH", "TASK.PRETRAIN", "TRANSFORMATION.REDUCTION_POLICY"))
+                       keys=SIZE_KEYS + ("BRANCH", "TASK.PRETRAIN", "TRANSFORMATION.REDUCTION_POLICY",
+                                               "RETRIEVAL.NEIGHBOURS"))
     tokenizer = tokenizer_from_json(state["tokenizer_json"])
     model = build_motion2text(cfg, tokenizer, _subtraction_dim(cfg, state["model"], path), standards)
     try:
@@ -200,7 +201,25 @@ def generate_captions(model, clips: list[dict], cfg: Config, segment: str, batch
 
         amp = autocast_dtype(cfg, device)
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
-    return predict(model, EvalDataset(clips, segment=segment), dist, batch_size, cfg.GENERATION, 0, amp)
+    dataset = EvalDataset(clips, segment=segment, retrieved=retrieved_for(cfg, clips))
+    return predict(model, dataset, dist, batch_size, cfg.GENERATION, 0, amp)
+
+
+def retrieved_for(cfg: Config, clips: list[dict]) -> Optional[list[str]]:
+    """RETRIEVAL.NEIGHBOURS > 0: the labels of each clip's nearest clips in the training file DATA.TRAIN."""
+    if not cfg.RETRIEVAL.NEIGHBOURS:
+        return None
+    from dataloaders.formats import load_clips
+    from dataloaders.retrieval import retrieval_prompts
+    from dataloaders.validation import validate_clips
+
+    path = cfg.path(cfg.DATA.TRAIN)
+    if path is None or not path.is_file():
+        raise UserError(f"config key DATA.TRAIN: {path} not found; RETRIEVAL.NEIGHBOURS={cfg.RETRIEVAL.NEIGHBOURS} "
+                        "gives the model the labels of the nearest training clips, so the training file is needed")
+    train = load_clips(path)
+    validate_clips(train, path, require_labels=True, require_motion_type=not cfg.TASK.PRETRAIN)
+    return retrieval_prompts(train, clips, cfg.RETRIEVAL.NEIGHBOURS)
 
 
 def untrained_model_captions(cfg: Config, clips: list[dict], standards: Optional[dict],

@@ -8,12 +8,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Optional
 
-import torch
-import torch.nn.functional as F
-
+from dataloaders.retrieval import first_label_of_nearest
 from metrics.caption import _ptb_tokenize, sanitize_caption
-
-DESCRIPTOR_FRAMES = 32
 
 
 def _group(clip: dict) -> Optional[str]:
@@ -41,33 +37,14 @@ def best_constant_captions(train_clips: list[dict]) -> dict[Optional[str], str]:
     return best
 
 
-def motion_descriptor(coords: torch.Tensor) -> torch.Tensor:
-    """[T,66] → a fixed-size vector: pelvis-relative joints resampled to 32 frames (speed-invariant)."""
-    joints = coords.view(len(coords), 22, 3)
-    joints = joints - joints[:, :1]
-    resampled = F.interpolate(joints.reshape(1, len(coords), 66).transpose(1, 2), size=DESCRIPTOR_FRAMES,
-                              mode="linear", align_corners=True)  # [1,66,32]
-    return resampled.flatten()
-
-
-def nearest_neighbour_captions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, str]:
-    """Each test clip gets the first label of the closest training clip of the same technique."""
-    train_desc = torch.stack([motion_descriptor(c["coordinates"].float()) for c in train_clips])
-    test_desc = torch.stack([motion_descriptor(c["coordinates"].float()) for c in test_clips])
-    dist = torch.cdist(test_desc, train_desc)  # [N_test, N_train]
-    codes: dict = {}
-    train_group = torch.tensor([codes.setdefault(_group(c), len(codes)) for c in train_clips])
-    test_group = torch.tensor([codes.setdefault(_group(c), len(codes)) for c in test_clips])
-    same = test_group[:, None] == train_group[None, :]
-    nearest = dist.masked_fill(~same, float("inf")).argmin(dim=1)
-    return {c["video_name"]: train_clips[int(j)]["labels"][0] for c, j in zip(test_clips, nearest)}
-
-
 def baseline_predictions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, dict[str, str]]:
     """{"constant caption": {video_name: caption}, "nearest neighbour": {...}} for the test clips."""
     constant = best_constant_captions(train_clips)
     fallback = constant.get(None) or next(iter(constant.values()))
+    constant_preds = {c["video_name"]: constant.get(_group(c), fallback) for c in test_clips}
+    nearest = first_label_of_nearest(train_clips, test_clips)
     return {
-        "constant caption": {c["video_name"]: constant.get(_group(c), fallback) for c in test_clips},
-        "nearest neighbour": nearest_neighbour_captions(train_clips, test_clips),
+        "constant caption": constant_preds,
+        # a technique without training clips gets the constant caption
+        "nearest neighbour": {name: nearest[name] or constant_preds[name] for name in constant_preds},
     }

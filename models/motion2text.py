@@ -2,7 +2,9 @@
 
     coordinates [B,T,66] → features [B,6,T,22] → STA-GCN → emb [B,T,22,512]
       branch 1: concat(emb, standard_window − emb)       branch 2: concat(emb, subtraction per joint)
-    → projection → tokens [B,N,d_model] (+ mask by policy) → T5 loss / generate
+    → projection → tokens [B,N,d_model] (+ mask by policy)
+    (+ RETRIEVAL.NEIGHBOURS: the retrieved training labels' token embeddings, packed after them)
+    → T5 loss / generate
 """
 from __future__ import annotations
 
@@ -21,6 +23,23 @@ from models.stagcn import STAGCN
 from models.tokenizer import CaptionCodec
 
 
+def pack_sequences(a: torch.Tensor, a_mask: torch.Tensor, b: torch.Tensor,
+                   b_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the valid rows of `a` then the valid rows of `b`, then padding: [B,Na,D] + [B,Nb,D] →
+    [B,N,D] with N the longest packed sample. Packing (not plain concatenation) keeps padding out of the
+    middle, so T5's relative positions between motion and text do not depend on the other samples."""
+    n_a, n_b = a_mask.sum(1), b_mask.sum(1)
+    n = n_a + n_b
+    out = a.new_zeros(a.shape[0], int(n.max()) if len(n) else 0, a.shape[-1])
+    rows = torch.arange(a.shape[0], device=a.device)[:, None]
+    pos_a = a_mask.long().cumsum(1) - 1
+    pos_b = n_a[:, None] + b_mask.long().cumsum(1) - 1
+    out = out.index_put((rows.expand_as(pos_a)[a_mask], pos_a[a_mask]), a[a_mask])
+    out = out.index_put((rows.expand_as(pos_b)[b_mask], pos_b[b_mask]), b[b_mask].to(out.dtype))
+    mask = torch.arange(out.shape[1], device=a.device)[None, :] < n[:, None]
+    return out, mask
+
+
 class MotionToText(nn.Module):
     def __init__(self, cfg: Config, t5: T5ForConditionalGeneration, codec: CaptionCodec,
                  subtraction_dim: int = 0, standards: Optional[dict[str, torch.Tensor]] = None):
@@ -28,6 +47,7 @@ class MotionToText(nn.Module):
         self.branch = cfg.BRANCH
         self.pretrain = cfg.TASK.PRETRAIN
         self.use_data_segment = cfg.ALIGNMENT.REFERENCE_SEGMENT != "NONE"
+        self.use_retrieval = cfg.RETRIEVAL.NEIGHBOURS > 0
         self.codec = codec
         self.encoder = STAGCN(cfg.HIDDEN_CHANNEL, cfg.OUT_CHANNEL, cfg.DROPOUT)
         emb_dim = 4 * cfg.OUT_CHANNEL
@@ -80,7 +100,19 @@ class MotionToText(nn.Module):
             extra = batch["subtraction"][:, :, None, :].expand(-1, -1, emb.shape[2], -1)  # [B,T,22,Cs]
             emb = torch.cat([emb, extra.to(emb.dtype)], dim=-1)
         tokens, token_mask = self.projection(emb, frame_mask)
+        if self.use_retrieval:
+            tokens, token_mask = self.add_retrieved_text(tokens, token_mask, batch)
         return tokens, token_mask, att_node, att_A
+
+    def add_retrieved_text(self, tokens: torch.Tensor, token_mask: torch.Tensor,
+                           batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pack the embedded retrieved labels (T5's own word embeddings) after the motion tokens."""
+        if "retrieved" not in batch:
+            raise ValueError("RETRIEVAL.NEIGHBOURS > 0: the batch needs 'retrieved' texts (see dataloaders/retrieval.py)")
+        enc = self.codec.tokenizer(batch["retrieved"], add_special_tokens=False, padding=True, return_tensors="pt")
+        ids = enc.input_ids.to(tokens.device)
+        text = self.t5.get_input_embeddings()(ids)  # [B,L,d_model]
+        return pack_sequences(tokens, token_mask, text, enc.attention_mask.to(tokens.device).bool())
 
     def forward(self, batch: dict, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over non-pad label tokens (pads are -100: defect 5)."""

@@ -2,7 +2,8 @@
 import torch
 
 from dataloaders.splits import person_of, person_split, random_split
-from metrics.baselines import best_constant_captions, nearest_neighbour_captions
+from dataloaders.retrieval import first_label_of_nearest
+from metrics.baselines import best_constant_captions
 
 
 def clip(name, motion_type="Jab", labels=("x",), seed=0, frames=20):
@@ -50,4 +51,4 @@ def test_nearest_neighbour_returns_the_closest_clip_of_the_same_technique():
              clip("c", "Jab", ["label c"], seed=3, frames=30)]
     test = [dict(clip("t1", "Jab", seed=1), video_name="t1"),  # same motion as "a"
             dict(clip("t2", "Cross", seed=1), video_name="t2")]  # same motion as "a", but only "b" is a Cross
-    assert nearest_neighbour_captions(train, test) == {"t1": "label a", "t2": "label b"}
+    assert first_label_of_nearest(train, test) == {"t1": "label a", "t2": "label b"}

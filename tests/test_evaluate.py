@@ -207,6 +207,33 @@ def test_checkpoint_latest_on_labelled_test_data_reproduces_training_eval(exp, t
     assert "epoch_0001.pt" in res.stdout and "CIDEr" in res.stdout
 
 
+@needs_java
+def test_retrieval_model_checkpoint_retrieves_as_in_training(data, tmp_path):
+    """RETRIEVAL.NEIGHBOURS: evaluate.py re-reads DATA.TRAIN and gives each clip the same neighbours'
+    labels as training did, so the predictions of the checkpoint are the ones training wrote."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    cfg = {
+        "HIDDEN_CHANNEL": 4, "OUT_CHANNEL": 16, "BRANCH": 0, "TASK": {"PRETRAIN": False},
+        "DATA": {"TRAIN": str(data["train"]), "TEST": str(data["test"]), "BATCH_SIZE": 8},
+        "RETRIEVAL": {"NEIGHBOURS": 2, "EXCLUDE": "PERSON"},
+        "OPTIMIZER": {"LR": 1.0e-3, "MAX_EPOCH": 1, "WARMUP_STEPS": 5},
+        "T5": {"D_MODEL": 32, "NUM_LAYERS": 1, "NUM_HEADS": 4, "D_KV": 8, "D_FF": 64, "VOCAB_SIZE": 300},
+        "EVAL": {"SCORE": False}, "TRAIN": {"SANITY_EVAL": False}, "GENERATION": {"MAX_LENGTH": 8},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = subprocess.run([sys.executable, str(REPO / "train_t5_stagcn.py"), "--cfg_file", str(folder / "config.yaml")],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, explain(res)
+    out = tmp_path / "preds.json"
+    res = run("--exp", folder, "--checkpoint", "latest", "--out", out, "--no-meteor")
+    assert res.returncode == 0, explain(res)
+    assert json.loads(out.read_text()) == json.loads((folder / "jsons" / "results_epoch1.json").read_text())
+    res = run("--exp", folder, "--checkpoint", "latest", "--out", out, "--no-meteor", "--set", "DATA.TRAIN=gone.pkl")
+    assert res.returncode == EXIT_USER_ERROR, explain(res)
+    assert "DATA.TRAIN" in res.stderr and "RETRIEVAL.NEIGHBOURS" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_checkpoint_on_unlabelled_npy_clip_writes_predictions_and_plot(exp, data, tmp_path):
     from dataloaders.formats import load_clips
 
