@@ -160,7 +160,7 @@ def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) 
     """The trained model next to what it must beat, all on the same test clips."""
     from engine.experiment import load_data
     from engine.inference import default_device, untrained_model_captions
-    from metrics.baselines import baseline_predictions
+    from metrics.baselines import baseline_predictions, label_position_scores
     from metrics.report import format_table
 
     train_clips, test_clips, standards = load_data(cfg)
@@ -172,6 +172,11 @@ def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) 
     if last != best:
         rows[f"trained, epoch {last} (last)"] = per_epoch[last]
     print(format_table(rows, list(scorer.keys), label="model"))
+    if cfg.RETRIEVAL.NEIGHBOURS:
+        exclude = cfg.RETRIEVAL.EXCLUDE
+        scores = label_position_scores(train_clips, exclude)
+        print(f"leave-one-out retrieval CIDEr on the training file per label position (RETRIEVAL.LABEL_INDEX; "
+              f"EXCLUDE {exclude}): " + ", ".join(f"{pos}: {v:.1f}" for pos, v in scores.items()))
 
 
 def plot_epoch(a, cfg, best) -> None:

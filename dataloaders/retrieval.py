@@ -63,11 +63,24 @@ def nearest_training_clips(train_clips: list[dict], query_clips: list[dict], k: 
 
 
 def retrieval_prompts(train_clips: list[dict], query_clips: list[dict], k: int,
-                      exclude: Literal["CLIP", "PERSON"] = "CLIP") -> list[str]:
-    """For each query clip, the labels of its k nearest training clips joined into one text ('' if none)."""
+                      exclude: Literal["CLIP", "PERSON"] = "CLIP", slot: Optional[int] = None) -> list[str]:
+    """For each query clip, one text from its k nearest training clips ('' if none): all their labels, or
+    with `slot` only their label at that position (one annotator per position in BX)."""
     neighbours = nearest_training_clips(train_clips, query_clips, k, exclude)
-    return [SEPARATOR.join(label for j in row for label in (train_clips[j].get("labels") or []))
-            for row in neighbours]
+    return [_join(train_clips, row, slot) for row in neighbours]
+
+
+def retrieval_prompts_by_slot(train_clips: list[dict], k: int, exclude: Literal["CLIP", "PERSON"],
+                              n_slots: int) -> list[list[str]]:
+    """Training clips against themselves: per clip, the prompt for each label position 0..n_slots-1."""
+    neighbours = nearest_training_clips(train_clips, train_clips, k, exclude)
+    return [[_join(train_clips, row, s) for s in range(n_slots)] for row in neighbours]
+
+
+def _join(train_clips: list[dict], row: list[int], slot: Optional[int]) -> str:
+    labels = [train_clips[j].get("labels") or [] for j in row]
+    picked = [lab for ls in labels for lab in ls] if slot is None else [ls[slot] for ls in labels if slot < len(ls)]
+    return SEPARATOR.join(picked)
 
 
 def first_label_of_nearest(train_clips: list[dict], test_clips: list[dict]) -> dict[str, Optional[str]]:

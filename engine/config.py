@@ -58,6 +58,9 @@ class RetrievalConfig:
     # Training clips retrieve neither themselves nor, with PERSON, any clip of their own person (the number
     # before the first `_` of video_name): PERSON when test persons are new, CLIP when they are seen in training.
     EXCLUDE: Literal["CLIP", "PERSON"] = "CLIP"
+    # -1: all labels of the neighbours. i >= 0: a training sample with the clip's i-th label gets the neighbours'
+    # i-th labels, and generation gets their i-th labels (in BX each label position is one annotator).
+    LABEL_INDEX: int = -1
 
 
 @dataclass
@@ -264,6 +267,9 @@ def _check_ranges(cfg: Config) -> None:
         "EVAL.METRIC_PERIOD": cfg.EVAL.METRIC_PERIOD, "TRAIN.MAX_BAD_STEPS": cfg.TRAIN.MAX_BAD_STEPS,
         "EVAL.EARLY_STOP_PATIENCE": cfg.EVAL.EARLY_STOP_PATIENCE, "RETRIEVAL.NEIGHBOURS": cfg.RETRIEVAL.NEIGHBOURS,
     }
+    if cfg.RETRIEVAL.LABEL_INDEX < -1:
+        raise UserError(f"config key RETRIEVAL.LABEL_INDEX: got {cfg.RETRIEVAL.LABEL_INDEX!r}, expected -1 (all labels) "
+                        "or a label position >= 0")
     for key, v in non_negative.items():
         if v < 0:
             raise UserError(f"config key {key}: got {v!r}, expected a value >= 0")

@@ -16,7 +16,7 @@ import torch
 
 from dataloaders.datasets import EvalDataset, TrainDataset, load_dataset
 from dataloaders.formats import load_standards
-from dataloaders.retrieval import retrieval_prompts
+from dataloaders.retrieval import retrieval_prompts, retrieval_prompts_by_slot
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import DistInfo, broadcast_object
@@ -189,15 +189,27 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     elif init_state is not None:
         load_pretrained_weights(model, init_state, init_path)
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT
-    k, exclude = cfg.RETRIEVAL.NEIGHBOURS, cfg.RETRIEVAL.EXCLUDE
+    train_retrieved, test_retrieved = retrieved_texts(cfg, train_clips, test_clips)
     train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment,
-                             retrieved=retrieval_prompts(train_clips, train_clips, k, exclude) if k else None)
-    test_set = EvalDataset(test_clips, segment=segment,
-                           retrieved=retrieval_prompts(train_clips, test_clips, k) if k else None)
+                             retrieved=train_retrieved)
+    test_set = EvalDataset(test_clips, segment=segment, retrieved=test_retrieved)
     if cfg.EVAL.EARLY_STOP_PATIENCE and not all(c.get("labels") for c in test_clips):
         raise UserError(f"config key EVAL.EARLY_STOP_PATIENCE={cfg.EVAL.EARLY_STOP_PATIENCE}: DATA.TEST {cfg.DATA.TEST} "
                         "has clips without labels, so there is no validation score to stop on")
     return Experiment(cfg, train_set, test_set, model, resume_state, init_path)
+
+
+def retrieved_texts(cfg: Config, train_clips: list[dict], test_clips: list[dict]):
+    """RETRIEVAL.NEIGHBOURS > 0: the prompts of the training samples (per clip, or per clip and label position)
+    and of the test clips; (None, None) when off."""
+    k, exclude, slot = cfg.RETRIEVAL.NEIGHBOURS, cfg.RETRIEVAL.EXCLUDE, cfg.RETRIEVAL.LABEL_INDEX
+    if not k:
+        return None, None
+    if slot < 0:
+        return retrieval_prompts(train_clips, train_clips, k, exclude), retrieval_prompts(train_clips, test_clips, k)
+    n_slots = max(len(c.get("labels") or []) for c in train_clips)
+    return (retrieval_prompts_by_slot(train_clips, k, exclude, n_slots),
+            retrieval_prompts(train_clips, test_clips, k, slot=slot))
 
 
 def parameter_counts(model: MotionToText) -> dict[str, int]:

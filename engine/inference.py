@@ -110,7 +110,7 @@ def load_model(cfg: Config, path: Path, device: torch.device, standards: Optiona
         raise UserError(f"{path}: not a Motion2Text training checkpoint (needs 'model' and 'tokenizer_json')")
     check_architecture(cfg, state, path, "evaluate it with the config it was trained with",
                        keys=SIZE_KEYS + ("BRANCH", "TASK.PRETRAIN", "TRANSFORMATION.REDUCTION_POLICY",
-                                               "RETRIEVAL.NEIGHBOURS"))
+                                               "RETRIEVAL.NEIGHBOURS", "RETRIEVAL.LABEL_INDEX"))
     tokenizer = tokenizer_from_json(state["tokenizer_json"])
     model = build_motion2text(cfg, tokenizer, _subtraction_dim(cfg, state["model"], path), standards)
     try:
@@ -219,7 +219,8 @@ def retrieved_for(cfg: Config, clips: list[dict]) -> Optional[list[str]]:
                         "gives the model the labels of the nearest training clips, so the training file is needed")
     train = load_clips(path)
     validate_clips(train, path, require_labels=True, require_motion_type=not cfg.TASK.PRETRAIN)
-    return retrieval_prompts(train, clips, cfg.RETRIEVAL.NEIGHBOURS)
+    slot = cfg.RETRIEVAL.LABEL_INDEX
+    return retrieval_prompts(train, clips, cfg.RETRIEVAL.NEIGHBOURS, slot=slot if slot >= 0 else None)
 
 
 def untrained_model_captions(cfg: Config, clips: list[dict], standards: Optional[dict],

@@ -48,3 +48,19 @@ def baseline_predictions(train_clips: list[dict], test_clips: list[dict]) -> dic
         # a technique without training clips gets the constant caption
         "nearest neighbour": {name: nearest[name] or constant_preds[name] for name in constant_preds},
     }
+
+
+def label_position_scores(train_clips: list[dict], exclude: str = "CLIP") -> dict[int, float]:
+    """Leave-one-out retrieval on the training file, one score per label position i: each training clip gets
+    the i-th label of its nearest other training clip (exclude PERSON: of another person), CIDEr against its
+    own labels. The training-file evidence for RETRIEVAL.LABEL_INDEX (in BX a position is one annotator)."""
+    from dataloaders.retrieval import nearest_training_clips
+    from metrics.caption import CaptionScorer
+
+    nearest = nearest_training_clips(train_clips, train_clips, 1, exclude)
+    refs = {c["video_name"]: list(c["labels"]) for c in train_clips}
+    scorer, scores = CaptionScorer(meteor=False), {}
+    for pos in range(min(len(c["labels"]) for c in train_clips)):
+        preds = {c["video_name"]: train_clips[row[0]]["labels"][pos] if row else "" for c, row in zip(train_clips, nearest)}
+        scores[pos] = scorer.score(preds, refs)["CIDEr"]
+    return scores
