@@ -62,36 +62,35 @@ class _ClipDataset(Dataset):
 
 
 class TrainDataset(_ClipDataset):
-    """One sample per (clip, label) pair, plus `augmented_labels` when switched on.
-
-    `retrieved` (RETRIEVAL.NEIGHBOURS) holds per clip one text for all its samples, or a list with one text
-    per label position (RETRIEVAL.LABEL_INDEX: the i-th label, or its paraphrase, gets the i-th prompt)."""
+    """One sample per (clip, label) pair, plus `augmented_labels` when switched on; with `label_index` only
+    the label (and paraphrase) at that position of each clip (RETRIEVAL.LABEL_INDEX)."""
 
     def __init__(self, clips: list[dict], use_augmented_labels: bool = False, segment: str = "NONE",
-                 retrieved: Optional[list] = None):
+                 retrieved: Optional[list[str]] = None, label_index: Optional[int] = None):
         super().__init__(clips, segment, retrieved)
-        # (clip index, label position, text): references to the clip's strings, coordinates are never copied.
-        self.index: list[tuple[int, int, str]] = []
+        # (clip index, text): the texts are references to the clip's strings, coordinates are never copied.
+        self.index: list[tuple[int, str]] = []
         for ci, clip in enumerate(clips):
-            self.index += [(ci, pos, t) for pos, t in enumerate(clip.get("labels") or [])]
+            texts = list(clip.get("labels") or [])
+            augmented = [t for t in clip.get("augmented_labels") or [] if isinstance(t, str) and t.strip()]
+            if label_index is not None:
+                texts = texts[label_index: label_index + 1]
+                augmented = (clip.get("augmented_labels") or [])[label_index: label_index + 1]
             if use_augmented_labels:
-                self.index += [(ci, pos, t) for pos, t in enumerate(clip.get("augmented_labels") or [])
-                               if isinstance(t, str) and t.strip()]
+                texts += [t for t in augmented if isinstance(t, str) and t.strip()]
+            self.index += [(ci, t) for t in texts]
 
     @property
     def lengths(self) -> list[int]:
         """Frames of each sample, for length-bucketed batching."""
-        return [len(self.clips[ci]["coordinates"]) for ci, _, _ in self.index]
+        return [len(self.clips[ci]["coordinates"]) for ci, _ in self.index]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        ci, pos, text = self.index[i]
-        item = {**self._item(ci), "text": text}
-        if isinstance(item["retrieved"], list):
-            item["retrieved"] = item["retrieved"][pos] if pos < len(item["retrieved"]) else ""
-        return item
+        ci, text = self.index[i]
+        return {**self._item(ci), "text": text}
 
 
 class EvalDataset(_ClipDataset):

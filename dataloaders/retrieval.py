@@ -70,13 +70,6 @@ def retrieval_prompts(train_clips: list[dict], query_clips: list[dict], k: int,
     return [_join(train_clips, row, slot) for row in neighbours]
 
 
-def retrieval_prompts_by_slot(train_clips: list[dict], k: int, exclude: Literal["CLIP", "PERSON"],
-                              n_slots: int) -> list[list[str]]:
-    """Training clips against themselves: per clip, the prompt for each label position 0..n_slots-1."""
-    neighbours = nearest_training_clips(train_clips, train_clips, k, exclude)
-    return [[_join(train_clips, row, s) for s in range(n_slots)] for row in neighbours]
-
-
 def _join(train_clips: list[dict], row: list[int], slot: Optional[int]) -> str:
     labels = [train_clips[j].get("labels") or [] for j in row]
     picked = [lab for ls in labels for lab in ls] if slot is None else [ls[slot] for ls in labels if slot < len(ls)]

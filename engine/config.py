@@ -58,8 +58,9 @@ class RetrievalConfig:
     # Training clips retrieve neither themselves nor, with PERSON, any clip of their own person (the number
     # before the first `_` of video_name): PERSON when test persons are new, CLIP when they are seen in training.
     EXCLUDE: Literal["CLIP", "PERSON"] = "CLIP"
-    # -1: all labels of the neighbours. i >= 0: a training sample with the clip's i-th label gets the neighbours'
-    # i-th labels, and generation gets their i-th labels (in BX each label position is one annotator).
+    # -1: prompt = all labels of the neighbours, train on every label. i >= 0: prompt = the neighbours' i-th
+    # labels, train on each clip's i-th label only (in BX a label position is one annotator, whose remarks on
+    # one person repeat: `evaluate.py --baselines` prints the leave-one-out evidence per position).
     LABEL_INDEX: int = -1
 
 
@@ -270,6 +271,9 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.RETRIEVAL.LABEL_INDEX < -1:
         raise UserError(f"config key RETRIEVAL.LABEL_INDEX: got {cfg.RETRIEVAL.LABEL_INDEX!r}, expected -1 (all labels) "
                         "or a label position >= 0")
+    if cfg.RETRIEVAL.LABEL_INDEX >= 0 and not cfg.RETRIEVAL.NEIGHBOURS:
+        raise UserError(f"config key RETRIEVAL.LABEL_INDEX={cfg.RETRIEVAL.LABEL_INDEX}: needs RETRIEVAL.NEIGHBOURS > 0 "
+                        "(it picks which label of the retrieved clips is the prompt); set it or LABEL_INDEX to -1")
     for key, v in non_negative.items():
         if v < 0:
             raise UserError(f"config key {key}: got {v!r}, expected a value >= 0")

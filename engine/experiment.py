@@ -16,11 +16,11 @@ import torch
 
 from dataloaders.datasets import EvalDataset, TrainDataset, load_dataset
 from dataloaders.formats import load_standards
-from dataloaders.retrieval import retrieval_prompts, retrieval_prompts_by_slot
+from dataloaders.retrieval import retrieval_prompts
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import DistInfo, broadcast_object
-from engine.errors import UserError
+from engine.errors import UserError, sample_names
 from models.motion2text import MotionToText, build_motion2text
 from models.tokenizer import load_pretrained_tokenizer, tokenizer_from_json, train_caption_tokenizer
 
@@ -190,8 +190,9 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
         load_pretrained_weights(model, init_state, init_path)
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT
     train_retrieved, test_retrieved = retrieved_texts(cfg, train_clips, test_clips)
+    label_index = cfg.RETRIEVAL.LABEL_INDEX if cfg.RETRIEVAL.LABEL_INDEX >= 0 else None
     train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment,
-                             retrieved=train_retrieved)
+                             retrieved=train_retrieved, label_index=label_index)
     test_set = EvalDataset(test_clips, segment=segment, retrieved=test_retrieved)
     if cfg.EVAL.EARLY_STOP_PATIENCE and not all(c.get("labels") for c in test_clips):
         raise UserError(f"config key EVAL.EARLY_STOP_PATIENCE={cfg.EVAL.EARLY_STOP_PATIENCE}: DATA.TEST {cfg.DATA.TEST} "
@@ -200,15 +201,17 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
 
 
 def retrieved_texts(cfg: Config, train_clips: list[dict], test_clips: list[dict]):
-    """RETRIEVAL.NEIGHBOURS > 0: the prompts of the training samples (per clip, or per clip and label position)
-    and of the test clips; (None, None) when off."""
+    """RETRIEVAL.NEIGHBOURS > 0: the retrieval prompt of each training clip (never itself; with EXCLUDE PERSON
+    never its person) and of each test clip; (None, None) when off."""
     k, exclude, slot = cfg.RETRIEVAL.NEIGHBOURS, cfg.RETRIEVAL.EXCLUDE, cfg.RETRIEVAL.LABEL_INDEX
     if not k:
         return None, None
-    if slot < 0:
-        return retrieval_prompts(train_clips, train_clips, k, exclude), retrieval_prompts(train_clips, test_clips, k)
-    n_slots = max(len(c.get("labels") or []) for c in train_clips)
-    return (retrieval_prompts_by_slot(train_clips, k, exclude, n_slots),
+    slot = slot if slot >= 0 else None
+    short = [c["video_name"] for c in train_clips if slot is not None and len(c.get("labels") or []) <= slot]
+    if short:
+        raise UserError(f"config key RETRIEVAL.LABEL_INDEX={slot}: {len(short)} training clip(s) have no label at "
+                        f"that position ({sample_names(short)}); expected every clip to have at least {slot + 1}")
+    return (retrieval_prompts(train_clips, train_clips, k, exclude, slot),
             retrieval_prompts(train_clips, test_clips, k, slot=slot))
 
 

@@ -52,3 +52,20 @@ def test_nearest_neighbour_returns_the_closest_clip_of_the_same_technique():
     test = [dict(clip("t1", "Jab", seed=1), video_name="t1"),  # same motion as "a"
             dict(clip("t2", "Cross", seed=1), video_name="t2")]  # same motion as "a", but only "b" is a Cross
     assert first_label_of_nearest(train, test) == {"t1": "label a", "t2": "label b"}
+
+
+def test_label_position_scores_find_the_position_a_neighbour_shares():
+    from metrics.baselines import label_position_scores
+
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    clips = []
+    for p in range(4):  # person p: two nearly identical clips; label 1 is the person's, label 0 is per clip
+        for i in range(2):
+            c = clip(f"{p}_v_{i}", seed=p)
+            c["coordinates"] = c["coordinates"] + 0.01 * i
+            c["labels"] = [f"x{p}{i}a y{p}{i}b", f"person {words[p]} keeps the {words[p + 4]} hand low"]
+            clips.append(c)
+    scores = label_position_scores(clips)
+    assert set(scores) == {0, 1} and scores[1] > 100 > 1 > scores[0]
+    across = label_position_scores(clips, exclude="PERSON")  # other persons never share a remark
+    assert across[1] < 1

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dataloaders.datasets import EvalDataset, TrainDataset, collate
-from dataloaders.retrieval import SEPARATOR, nearest_training_clips, retrieval_prompts, retrieval_prompts_by_slot
+from dataloaders.retrieval import SEPARATOR, nearest_training_clips, retrieval_prompts
 from engine.errors import UserError
 from models.motion2text import pack_sequences
 from tests.helpers import make_batch, random_clip, take, tiny_config, tiny_model
@@ -65,19 +65,28 @@ def test_datasets_and_collate_carry_the_retrieved_text_of_each_clip():
         EvalDataset(clips, retrieved=texts[:2])
 
 
-def test_label_index_prompts_pair_each_label_position_with_the_neighbours_label_at_that_position():
+def test_label_index_prompts_and_trains_on_one_label_position():
     clips = persons_corpus()
-    clips[1] = dict(clips[1], labels=["only one"])
     query = [dict(clips[4], video_name="new")]
     assert retrieval_prompts(clips, query, k=2, slot=1) == [f"label 11b{SEPARATOR}label 10b"]  # 2 nearest, label 1
-    by_slot = retrieval_prompts_by_slot(clips, k=1, exclude="CLIP", n_slots=2)
-    nn = nearest_training_clips(clips, clips, k=1)
-    assert by_slot[4] == [clips[nn[4][0]]["labels"][0], clips[nn[4][0]]["labels"][1]]
-    assert retrieval_prompts(clips, [dict(clips[1], video_name="new")], k=1, slot=1) == [""]  # it has no label 1
-    aug = [dict(c, augmented_labels=[f"para {c['video_name']} {i}" for i in range(2)]) for c in clips[3:6]]
-    ds = TrainDataset(aug, use_augmented_labels=True, retrieved=[["p0", "p1"], ["q0", "q1"], ["r0", "r1"]])
-    got = [(ds[i]["text"], ds[i]["retrieved"]) for i in range(4)]
-    assert got == [("label 10a", "p0"), ("label 10b", "p1"), ("para 1_view_0 0", "p0"), ("para 1_view_0 1", "p1")]
+    short = [dict(clips[1], labels=["only one"])] + clips[:1]
+    assert retrieval_prompts(short, [dict(clips[1], video_name="new")], k=1, slot=1) == [""]  # neighbour lacks it
+    aug = [dict(c, augmented_labels=[f"para {c['video_name']} {i}" for i in range(2)]) for c in clips[3:5]]
+    ds = TrainDataset(aug, use_augmented_labels=True, retrieved=["p", "q"], label_index=1)
+    assert [(ds[i]["text"], ds[i]["retrieved"]) for i in range(len(ds))] == [
+        ("label 10b", "p"), ("para 1_view_0 1", "p"), ("label 11b", "q"), ("para 1_view_1 1", "q")]
+    assert len(TrainDataset(aug, use_augmented_labels=True)) == 8  # without: every label and paraphrase
+
+
+def test_label_index_beyond_the_labels_of_a_training_clip_is_a_clear_error():
+    from engine.experiment import retrieved_texts
+
+    clips = persons_corpus()  # 2 labels per clip
+    train, test = retrieved_texts(tiny_config(RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 1}), clips, clips[:2])
+    assert len(train) == len(clips) and len(test) == 2
+    with pytest.raises(UserError, match=r"LABEL_INDEX=2: 12 training clip\(s\) have no label at that position"):
+        retrieved_texts(tiny_config(RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 2}), clips, clips)
+    assert retrieved_texts(tiny_config(), clips, clips) == (None, None)
 
 
 def test_pack_sequences_puts_valid_rows_first_and_keeps_gradients():
@@ -134,7 +143,8 @@ def test_a_retrieval_model_without_retrieved_texts_fails_clearly():
 
 @pytest.mark.parametrize("section, match", [({"NEIGHBOURS": -1}, "RETRIEVAL.NEIGHBOURS"),
                                             ({"EXCLUDE": "VIDEO"}, "RETRIEVAL.EXCLUDE"),
-                                            ({"LABEL_INDEX": -2}, "RETRIEVAL.LABEL_INDEX")])
+                                            ({"LABEL_INDEX": -2}, "RETRIEVAL.LABEL_INDEX"),
+                                            ({"LABEL_INDEX": 1}, "needs RETRIEVAL.NEIGHBOURS")])
 def test_bad_retrieval_keys_are_named(section, match):
     with pytest.raises(UserError, match=match):
         tiny_config(RETRIEVAL=section)
