@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     src = p.add_argument_group("what to score")
-    src.add_argument("--exp", help="experiment folder results/<exp> (or its config.yaml)")
+    src.add_argument("--exp", help="experiment folder results/<exp> (or its config.yaml; a run folder made with "
+                                   "--set LOGDIR=... is read through its config_resolved.yaml)")
     src.add_argument("--pred", help="predictions JSON {video_name: caption}")
     src.add_argument("--ann", help="references: dataset file (.pkl/.pt/.pth, its 'labels') or JSON "
                                    "{video_name: [reference, ...]}")
@@ -107,6 +108,9 @@ def make_scorer(a, default_meteor: bool = True):
 def config_path(exp: str) -> Path:
     p = Path(exp)
     if p.is_dir():
+        # A run launched with --set LOGDIR=... has no config.yaml of its own, only what training resolved.
+        if not (p / "config.yaml").is_file() and (p / "config_resolved.yaml").is_file():
+            return p / "config_resolved.yaml"
         return p / "config.yaml"
     if p.suffix in (".yaml", ".yml"):
         return p

@@ -234,6 +234,20 @@ def test_retrieval_model_checkpoint_retrieves_as_in_training(data, tmp_path):
     assert "DATA.TRAIN" in res.stderr and "RETRIEVAL.NEIGHBOURS" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_run_folder_without_config_yaml_is_read_through_its_resolved_config(exp, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(exp, run_dir)
+    (run_dir / "config.yaml").unlink()
+    cfg = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    cfg["LOGDIR"] = str(run_dir)  # as a run launched with --set LOGDIR=<run_dir> records it
+    (run_dir / "config_resolved.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "preds.json"
+    res = run("--exp", run_dir, "--checkpoint", "latest", "--out", out, "--no-meteor")
+    assert res.returncode == 0, explain(res)
+    assert json.loads(out.read_text()) == json.loads((exp / "jsons" / "results_epoch1.json").read_text())
+    assert str(run_dir / "checkpoints" / "epoch_0001.pt") in res.stderr  # its own checkpoint, logged
+
+
 def test_checkpoint_on_unlabelled_npy_clip_writes_predictions_and_plot(exp, data, tmp_path):
     from dataloaders.formats import load_clips
 
