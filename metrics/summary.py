@@ -5,7 +5,8 @@ training). Runs are grouped by their parent folder (the experiment) and their ow
 suffix (the split): `results/bx_runs/bx_finetune/person_s43` → (bx_finetune, person). The model of a run
 is the one its config selects: with early stopping, the epoch of the best validation CIDEr (the checkpoint
 `evaluate.py --checkpoint best` loads; selected on the same clips, hence slightly optimistic); without,
-the last epoch. Baselines (constant caption per technique, nearest-neighbour retrieval) are scored once
+the last epoch. The last column is the CIDEr of each run's last evaluated epoch, so the optimism of
+picking the epoch on the validation clips is visible next to it. Baselines (constant caption per technique, nearest-neighbour retrieval) are scored once
 per (training file, validation file) pair with the same scorer.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ def selected_epoch(cfg, per_epoch: dict) -> int:
 
 
 def collect_runs(runs: list[Path]) -> dict[tuple[str, str], list[dict]]:
-    """{(experiment, split): [{"seed", "epoch", "metrics", "train", "test"}, ...]}"""
+    """{(experiment, split): [{"seed", "epoch", "metrics", "last", "train", "test"}, ...]}"""
     from metrics.report import read_experiment_metrics
 
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -48,7 +49,7 @@ def collect_runs(runs: list[Path]) -> dict[tuple[str, str], list[dict]]:
             raise UserError(f"{run}: no jsons/metrics_epoch*.json (did the run finish with EVAL.SCORE true?)")
         epoch = selected_epoch(cfg, per_epoch)
         groups[(run.parent.name, SEED_SUFFIX.sub("", run.name))].append(
-            {"seed": cfg.SEED, "epoch": epoch, "metrics": per_epoch[epoch],
+            {"seed": cfg.SEED, "epoch": epoch, "metrics": per_epoch[epoch], "last": per_epoch[max(per_epoch)],
              "train": cfg.path(cfg.DATA.TRAIN), "test": cfg.path(cfg.DATA.TEST)})
     return dict(groups)
 
@@ -71,21 +72,22 @@ def baseline_rows(scorer, train: Path, test: Path) -> dict[str, dict]:
 
 def markdown_table(groups: dict[tuple[str, str], list[dict]], keys: list[str], scorer=None) -> str:
     """Split by split: baselines first (when a scorer is given), then each experiment, mean ± std over seeds."""
-    lines = ["| split | model | runs (seeds) | epoch | " + " | ".join(keys) + " |",
-             "|---|---|---|---|" + "---|" * len(keys)]
+    lines = ["| split | model | runs (seeds) | epoch | " + " | ".join(keys) + " | CIDEr, last epoch |",
+             "|---|---|---|---|" + "---|" * (len(keys) + 1)]
     for split in sorted({s for _, s in groups}):
         if scorer is not None:
             pairs = {(r["train"], r["test"]) for (_, s), rs in groups.items() if s == split for r in rs}
             for train, test in sorted(pairs):
                 for name, m in baseline_rows(scorer, train, test).items():
-                    lines.append(f"| {split} | {name} | – | – | " + " | ".join(f"{m[k]:.2f}" if k in m else "–" for k in keys) + " |")
+                    lines.append(f"| {split} | {name} | – | – | " + " | ".join(f"{m[k]:.2f}" if k in m else "–" for k in keys) + " | – |")
         for (exp, s), rs in sorted(groups.items()):
             if s != split:
                 continue
             rs = sorted(rs, key=lambda r: r["seed"])
             cells = [mean_std([r["metrics"][k] for r in rs]) if all(k in r["metrics"] for r in rs) else "–"
                      for k in keys]
+            last = mean_std([r["last"]["CIDEr"] for r in rs]) if all("CIDEr" in r["last"] for r in rs) else "–"
             seeds = ", ".join(str(r["seed"]) for r in rs)
             epochs = ", ".join(str(r["epoch"]) for r in rs)
-            lines.append(f"| {split} | {exp} | {len(rs)} ({seeds}) | {epochs} | " + " | ".join(cells) + " |")
+            lines.append(f"| {split} | {exp} | {len(rs)} ({seeds}) | {epochs} | " + " | ".join(cells) + f" | {last} |")
     return "\n".join(lines)

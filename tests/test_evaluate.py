@@ -358,8 +358,8 @@ def test_summary_is_mean_and_std_over_seeds_of_the_selected_epochs(data, tmp_pat
     assert evaluate.main(["--summary", *map(str, sorted(runs.glob("*/*")))]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| person")]
     assert rows[0].startswith("| person | exp_a | 2 (1, 2) | 2, 4 | 3.00 ± 1.41 |")  # BLEU-1 = epoch numbers
-    assert rows[0].endswith("| 12.00 ± 2.83 |")  # CIDEr of the selected epochs: 10 and 14
-    assert rows[1].startswith("| person | exp_b | 1 (1) | 3 | 3.00 |") and rows[1].endswith("| 20.00 |")
+    assert rows[0].endswith("| 12.00 ± 2.83 | 11.00 ± 4.24 |")  # CIDEr of the selected epochs (10, 14), last (8, 14)
+    assert rows[1].startswith("| person | exp_b | 1 (1) | 3 | 3.00 |") and rows[1].endswith("| 20.00 | 20.00 |")
 
 
 def test_summary_with_baselines_and_bad_folders(data, tmp_path, capsys):
