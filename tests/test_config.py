@@ -75,3 +75,18 @@ def test_overrides_use_dotted_keys_and_yaml_scalars(tmp_path):
 def test_missing_config_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+SHIPPED = sorted(REPO_ROOT.glob("results/*/config.yaml")) + sorted(REPO_ROOT.glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_shipped_config_loads(path):
+    # A tracked config that no longer matches the schema would fail only when a user launches it.
+    cfg = load_config(path)
+    assert cfg.OPTIMIZER.LR > 0 and cfg.OPTIMIZER.MAX_EPOCH >= 1
+
+
+def test_the_shipped_configs_are_found():
+    names = {p.parent.name for p in SHIPPED}
+    assert {"bx_finetune", "bx_no_retrieval", "demo_pretrain", "demo_finetune"} <= names
