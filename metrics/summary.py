@@ -6,8 +6,8 @@ suffix (the split): `results/bx_runs/bx_finetune/person_s43` → (bx_finetune, p
 is the one its config selects: with early stopping, the epoch of the best validation CIDEr (the checkpoint
 `evaluate.py --checkpoint best` loads; selected on the same clips, hence slightly optimistic); without,
 the last epoch. The last column is the CIDEr of each run's last evaluated epoch, so the optimism of
-picking the epoch on the validation clips is visible next to it. Baselines (constant caption per technique, nearest-neighbour retrieval) are scored once
-per (training file, validation file) pair with the same scorer.
+picking the epoch on the validation clips is visible next to it. Baselines (constant caption per technique,
+nearest-neighbour retrieval) are scored once per (training file, validation file) pair with the same scorer.
 """
 from __future__ import annotations
 
@@ -60,6 +60,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def seed_cell(scores: list[dict], key: str) -> str:
+    """Mean ± std of one metric over seeds; "–" when a run lacks it (e.g. METEOR without Java)."""
+    return mean_std([m[key] for m in scores]) if all(key in m for m in scores) else "–"
+
+
 def baseline_rows(scorer, train: Path, test: Path) -> dict[str, dict]:
     from dataloaders.formats import load_clips
     from metrics.baselines import baseline_predictions
@@ -84,9 +89,8 @@ def markdown_table(groups: dict[tuple[str, str], list[dict]], keys: list[str], s
             if s != split:
                 continue
             rs = sorted(rs, key=lambda r: r["seed"])
-            cells = [mean_std([r["metrics"][k] for r in rs]) if all(k in r["metrics"] for r in rs) else "–"
-                     for k in keys]
-            last = mean_std([r["last"]["CIDEr"] for r in rs]) if all("CIDEr" in r["last"] for r in rs) else "–"
+            cells = [seed_cell([r["metrics"] for r in rs], k) for k in keys]
+            last = seed_cell([r["last"] for r in rs], "CIDEr")
             seeds = ", ".join(str(r["seed"]) for r in rs)
             epochs = ", ".join(str(r["epoch"]) for r in rs)
             lines.append(f"| {split} | {exp} | {len(rs)} ({seeds}) | {epochs} | " + " | ".join(cells) + f" | {last} |")
