@@ -5,12 +5,18 @@
 writes `<name>_random_{train,val}.pkl` (clips drawn at random) and `<name>_person_{train,val}.pkl`
 (person-disjoint: the number before the first `_` of `video_name` identifies the person). Clips of one
 person share habits and often identical labels, so the random split is the easier one.
+
+    python -m dataloaders.splits --data ../shared/data/bx/BX_train.pkl --out data/splits --name bx --folds 5
+
+writes instead K person-disjoint cross-validation folds `<name>_cv{k}_{train,val}.pkl` (k = 0 … K-1): every
+clip is a validation clip in exactly one fold, and every person's clips are in the same fold.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -20,6 +26,13 @@ from engine.errors import EXIT_USER_ERROR, UserError
 
 def person_of(video_name: str) -> str:
     return video_name.split("_", 1)[0]
+
+
+def person_id(video_name: str) -> Optional[str]:
+    """The person of a clip when its name starts with a number (`2_back_5` → '2'), else None (e.g. the
+    synthetic `test_0001`): callers then group such clips by technique alone."""
+    p = person_of(video_name)
+    return p if p.isdigit() else None
 
 
 def random_split(clips: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -46,6 +59,39 @@ def person_split(clips: list[dict], val_fraction: float, seed: int) -> tuple[lis
     return train, val
 
 
+def person_folds(clips: list[dict], k: int, seed: int) -> list[tuple[list[dict], list[dict]]]:
+    """K (train, val) pairs; the validation clips of the folds are person-disjoint and cover every clip once.
+
+    Persons (sorted, then a seeded permutation) are dealt round-robin, K per round, so the folds differ by at
+    most one person; within a round the person with the most clips goes to the fold holding the fewest so far,
+    which keeps the folds' clip counts close."""
+    persons = sorted({person_of(c["video_name"]) for c in clips})
+    if k < 2 or len(persons) < k:
+        raise UserError(f"--folds {k}: expected 2 <= folds <= the number of persons ({len(persons)})")
+    size = {p: 0 for p in persons}
+    for c in clips:
+        size[person_of(c["video_name"])] += 1
+    order = [persons[i] for i in np.random.default_rng(seed).permutation(len(persons))]
+    fold_of, load = {}, [0] * k
+    for start in range(0, len(order), k):
+        dealt = sorted(order[start:start + k], key=lambda p: -size[p])  # stable: ties keep the seeded order
+        emptiest = sorted(range(k), key=lambda f: (load[f], f))
+        for person, f in zip(dealt, emptiest):
+            fold_of[person] = f
+            load[f] += size[person]
+    return [([c for c in clips if fold_of[person_of(c["video_name"])] != f],
+             [c for c in clips if fold_of[person_of(c["video_name"])] == f]) for f in range(k)]
+
+
+def write_folds(clips: list[dict], out: Path, name: str, k: int, seed: int) -> None:
+    for f, (train, val) in enumerate(person_folds(clips, k, seed)):
+        for part, subset in (("train", train), ("val", val)):
+            dump_clips(subset, out / f"{name}_cv{f}_{part}.pkl")
+        persons = sorted({person_of(c["video_name"]) for c in val}, key=lambda p: (len(p), p))
+        print(f"cv{f}: {len(train)} train / {len(val)} val clips (val persons {', '.join(persons)}) "
+              f"→ {out / f'{name}_cv{f}_{{train,val}}.pkl'}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dataloaders.splits", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="labelled training file to split")
@@ -53,11 +99,18 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="bx", help="file name prefix")
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=0,
+                    help="K > 0: write K person-disjoint cross-validation folds instead of the two splits")
     args = ap.parse_args(argv)
     try:
         if not 0 < args.val_fraction < 1:
             raise UserError(f"--val-fraction {args.val_fraction}: expected a value in (0, 1)")
+        if args.folds < 0 or args.folds == 1:
+            raise UserError(f"--folds {args.folds}: expected 0 (the two splits) or at least 2")
         clips = load_clips(args.data)
+        if args.folds:
+            write_folds(clips, Path(args.out), args.name, args.folds, args.seed)
+            return 0
         for kind, split in (("random", random_split), ("person", person_split)):
             train, val = split(clips, args.val_fraction, args.seed)
             for part, subset in (("train", train), ("val", val)):
