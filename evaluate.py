@@ -4,6 +4,8 @@
     python evaluate.py --pred preds.json --ann refs.pkl|refs.json [--json out.json]
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH [--data clips.pkl|clip.npy]
                        [--out preds.json] [--motion-type Jab]
+    python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH [--data clips.pkl] --motion-control
+                       # real motion vs each clip's motion swapped within technique / person+technique
     python evaluate.py --summary RUN_DIR [RUN_DIR ...] [--baselines]   # mean ± std over seeds, one table
     any of them: [--no-meteor] [--spice] [--bertscore]; with --exp: [--plot-attention DIR [--epoch N]]
 
@@ -46,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     inf.add_argument("--out", help="predictions JSON to write (default: <exp>/inference/<checkpoint>_<data>.json)")
     inf.add_argument("--motion-type", help="technique of clips that name none (BRANCH 1 finetuning needs it, "
                                            "e.g. Jab)")
+    inf.add_argument("--motion-control", action="store_true",
+                     help="also caption the clips with each clip's motion swapped for another clip's (seeded, "
+                          "within technique / within person+technique; labels stay) and print the three scores")
     inf.add_argument("--batch-size", type=int, help="clips per generation batch (default: DATA.EVAL_BATCH_SIZE)")
     inf.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                      help="override config keys, e.g. --set GENERATION.NUM_BEAMS=3")
@@ -67,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(a: argparse.Namespace) -> None:
     if a.summary:
-        if a.exp or a.pred or a.checkpoint or a.plot_attention:
+        if a.exp or a.pred or a.checkpoint or a.plot_attention or a.motion_control:
             raise UserError("--summary takes run folders alone (with --baselines and the metric switches)")
         return
     if bool(a.exp) == bool(a.pred):
@@ -86,9 +91,14 @@ def check_args(a: argparse.Namespace) -> None:
         if a.set:
             raise UserError("--set needs --exp (config overrides)")
     if not a.checkpoint:
+        if a.motion_control:
+            raise UserError("--motion-control needs --exp results/<exp> --checkpoint latest|best|PATH")
         for opt in ("data", "out", "motion_type", "batch_size"):
             if getattr(a, opt) is not None:
                 raise UserError(f"--{opt.replace('_', '-')} needs --checkpoint latest|best|PATH")
+    elif a.motion_control and (a.out or a.plot_attention):
+        raise UserError("--motion-control writes its three captionings to <exp>/inference/; not with --out "
+                        "or --plot-attention")
     elif a.epoch is not None:
         raise UserError("--epoch picks the saved predictions of an epoch; with --checkpoint the attention of "
                         "the new predictions is drawn")
@@ -164,23 +174,33 @@ def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) 
     """The trained model next to what it must beat, all on the same test clips."""
     from engine.experiment import load_data
     from engine.inference import default_device, untrained_model_captions
-    from metrics.baselines import baseline_predictions, label_position_scores
+    from metrics.baselines import label_position_scores, score_baselines, strongest_line
     from metrics.report import format_table
 
     train_clips, test_clips, standards = load_data(cfg)
     rows = {"untrained model": scorer.score(untrained_model_captions(cfg, test_clips, standards, default_device()), refs)}
-    for name, captions in baseline_predictions(train_clips, test_clips).items():
-        rows[name] = scorer.score(captions, refs)
+    baselines, note = score_baselines(scorer, train_clips, test_clips, refs)
+    rows.update(draw_cells(baselines, scorer.keys))
     rows[f"trained, epoch {best} (best)"] = per_epoch[best]
     last = max(per_epoch)
     if last != best:
         rows[f"trained, epoch {last} (last)"] = per_epoch[last]
     print(format_table(rows, list(scorer.keys), label="model"))
+    print(f"(no motion): the row never reads the test clip's motion; {note}")
+    print(strongest_line(baselines))
     if cfg.RETRIEVAL.NEIGHBOURS:
         exclude = cfg.RETRIEVAL.EXCLUDE
         scores = label_position_scores(train_clips, exclude)
         print(f"leave-one-out retrieval CIDEr on the training file per label position (RETRIEVAL.LABEL_INDEX; "
               f"EXCLUDE {exclude}): " + ", ".join(f"{pos}: {v:.1f}" for pos, v in scores.items()))
+
+
+def draw_cells(rows: dict, keys) -> dict:
+    """{name: [metrics per draw]} → {name: {metric: value, or "mean ± std" over several draws}}."""
+    from metrics.summary import seed_cell
+
+    return {name: draws[0] if len(draws) == 1 else {k: seed_cell(draws, k) for k in keys}
+            for name, draws in rows.items()}
 
 
 def plot_epoch(a, cfg, best) -> None:
@@ -235,9 +255,13 @@ def run_checkpoint(a, cfg) -> int:
     data = Path(a.data) if a.data else cfg.path(cfg.DATA.TEST)
     clips, segment = load_inference_clips(cfg, data, standards, a.motion_type)
     labels = labels_state(clips)
+    if a.motion_control and labels != "all":
+        raise UserError(f"--motion-control scores against the clips' labels: {data} has clips without 'labels'")
     scorer = make_scorer(a, cfg.EVAL.METEOR) if labels == "all" else None  # fail fast (Java) before generating
     device = default_device()
     model, state = load_model(cfg, path, device, standards)
+    if a.motion_control:
+        return motion_control(a, cfg, model, clips, segment, scorer, device, path, data)
     log.info("captioning %d clip(s) of %s with %s on %s", len(clips), data, path, device)
     preds = generate_captions(model, clips, cfg, segment, a.batch_size or cfg.DATA.EVAL_BATCH_SIZE, device)
     captions = {k: v["caption"] for k, v in preds.items()}
@@ -261,6 +285,25 @@ def run_checkpoint(a, cfg) -> int:
                   "caption": captions[c["video_name"]], "reference": (c.get("labels") or [None])[0]} for c in clips)
         written = plot_attention_set(Path(a.plot_attention), items, subtitle=f"{path.name}", limit=a.max_plots)
         print(f"wrote {len(written)} attention picture(s) to {a.plot_attention}")
+    return 0
+
+
+def motion_control(a, cfg, model, clips, segment, scorer, device, path: Path, data: Path) -> int:
+    from metrics.motion_control import CONDITIONS, motion_control_json, motion_control_rows, run_motion_control
+    from metrics.report import format_table, write_json
+
+    log.info("motion control: captioning %d clip(s) of %s with %s three times on %s", len(clips), data, path, device)
+    result = run_motion_control(model, clips, cfg, segment, a.batch_size or cfg.DATA.EVAL_BATCH_SIZE, device, scorer)
+    for condition in CONDITIONS:
+        write_json(cfg.logdir / "inference" / f"{path.stem}_{data.stem}_{condition}.json", result["captions"][condition])
+    keys = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in scorer.keys]
+    print(format_table(motion_control_rows(result, keys), keys + ["CIDEr drop", "own motion", "changed"],
+                       label=f"motion control, {path.name}"))
+    print("CIDEr drop: relative to the real motion; own motion: clips alone in their group, which keep their "
+          "motion; changed: captions that differ from the real-motion caption")
+    print(f"wrote the captions to {cfg.logdir / 'inference'}/{path.stem}_{data.stem}_{{{','.join(CONDITIONS)}}}.json")
+    if a.json:
+        print(f"wrote {write_json(Path(a.json), motion_control_json(result))}")
     return 0
 
 

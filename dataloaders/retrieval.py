@@ -76,8 +76,12 @@ def _join(train_clips: list[dict], row: list[int], slot: Optional[int]) -> str:
     return SEPARATOR.join(picked)
 
 
-def first_label_of_nearest(train_clips: list[dict], test_clips: list[dict]) -> dict[str, Optional[str]]:
-    """The retrieval baseline: each test clip gets the first label of its nearest training clip."""
+def label_of_nearest(train_clips: list[dict], test_clips: list[dict], position: int = 0) -> dict[str, Optional[str]]:
+    """The retrieval baseline: each test clip gets the label at `position` of its nearest training clip
+    (None when its technique has no training clip, or that clip has fewer labels)."""
     nearest = nearest_training_clips(train_clips, test_clips, 1)
-    return {c["video_name"]: train_clips[row[0]]["labels"][0] if row else None
-            for c, row in zip(test_clips, nearest)}
+    out = {}
+    for c, row in zip(test_clips, nearest):
+        labels = train_clips[row[0]]["labels"] if row else []
+        out[c["video_name"]] = labels[position] if position < len(labels) else None
+    return out

@@ -1,19 +1,49 @@
-"""Baselines a caption model must beat: one constant caption per technique, and nearest-neighbour retrieval.
+"""Baselines a caption model must beat, all from the training file only.
 
-Both use the training file only. Retrieval is strong on coaching data, where clips of one person share
-habits and often identical labels: a model that does not beat it is not useful yet.
+* constant caption (no motion): per technique, the training caption with the best CIDEr on that
+  technique's training clips;
+* nearest neighbour, label i: the label at position i of the closest training clip of the same technique
+  (skeleton distance, `dataloaders/retrieval.py`) — in BX a label position is one annotator;
+* random same-person clip, label i (no motion): the label at position i of a random training clip of the
+  test clip's person and technique (a random clip of the technique when the person has none there, as on a
+  person-disjoint split), mean ± std over `DRAW_SEEDS` draws. It sees who the learner is and what was
+  punched, never how: what a model scores above it has to come from the motion.
+
+Rows named with " (no motion)" never look at the test clip's coordinates. Retrieval is strong on coaching
+data, where clips of one person share habits and often identical labels: a model that does not beat the
+strongest row is not useful yet.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Optional
 
-from dataloaders.retrieval import first_label_of_nearest
+import numpy as np
+
+from dataloaders.retrieval import label_of_nearest
+from dataloaders.splits import person_id
 from metrics.caption import _ptb_tokenize, sanitize_caption
+
+NO_MOTION = " (no motion)"
+DRAW_SEEDS = (0, 1, 2, 3, 4)
+CONSTANT = "constant caption" + NO_MOTION
+
+
+def nearest_name(position: int) -> str:
+    return f"nearest neighbour, label {position}"
+
+
+def same_person_name(position: int) -> str:
+    return f"random same-person clip, label {position}{NO_MOTION}"
 
 
 def _group(clip: dict) -> Optional[str]:
     return clip.get("motion_type")  # pretraining data has no technique: one group
+
+
+def label_positions(train_clips: list[dict]) -> range:
+    """The label positions every training clip has (0, 1, 2 in BX)."""
+    return range(min((len(c.get("labels") or []) for c in train_clips), default=0))
 
 
 def best_constant_captions(train_clips: list[dict]) -> dict[Optional[str], str]:
@@ -37,17 +67,82 @@ def best_constant_captions(train_clips: list[dict]) -> dict[Optional[str], str]:
     return best
 
 
-def baseline_predictions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, dict[str, str]]:
-    """{"constant caption": {video_name: caption}, "nearest neighbour": {...}} for the test clips."""
+def _constant_predictions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, str]:
     constant = best_constant_captions(train_clips)
     fallback = constant.get(None) or next(iter(constant.values()))
-    constant_preds = {c["video_name"]: constant.get(_group(c), fallback) for c in test_clips}
-    nearest = first_label_of_nearest(train_clips, test_clips)
-    return {
-        "constant caption": constant_preds,
-        # a technique without training clips gets the constant caption
-        "nearest neighbour": {name: nearest[name] or constant_preds[name] for name in constant_preds},
-    }
+    return {c["video_name"]: constant.get(_group(c), fallback) for c in test_clips}
+
+
+def baseline_predictions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, dict[str, str]]:
+    """{row name: {video_name: caption}}: the constant caption, then the nearest neighbour's label at each
+    label position. A test clip whose technique has no training clip gets the constant caption."""
+    constant = _constant_predictions(train_clips, test_clips)
+    rows = {CONSTANT: constant}
+    for pos in label_positions(train_clips):
+        nearest = label_of_nearest(train_clips, test_clips, pos)
+        rows[nearest_name(pos)] = {name: nearest[name] or constant[name] for name in constant}
+    return rows
+
+
+def motion_free_draws(train_clips: list[dict], test_clips: list[dict],
+                      seeds=DRAW_SEEDS) -> tuple[dict[str, list[dict[str, str]]], int]:
+    """({row name: [{video_name: caption} per seed]}, number of test clips whose person has no training clip
+    of their technique). Each draw picks, per test clip, one random training clip of the same person and
+    technique (else of the technique; names without a person id count as no person) and takes its label at
+    every position; draws depend only on the seed and the order of the clips."""
+    by_person: dict[tuple, list[int]] = defaultdict(list)
+    by_technique: dict[Optional[str], list[int]] = defaultdict(list)
+    for j, c in enumerate(train_clips):
+        by_technique[_group(c)].append(j)
+        if person_id(c["video_name"]) is not None:
+            by_person[(person_id(c["video_name"]), _group(c))].append(j)
+    pools, fallbacks = [], 0
+    for c in test_clips:
+        pool = by_person.get((person_id(c["video_name"]), _group(c))) if person_id(c["video_name"]) else None
+        if not pool:
+            fallbacks += 1
+            pool = by_technique.get(_group(c), [])
+        pools.append(pool)
+    constant = _constant_predictions(train_clips, test_clips) if not all(pools) else {}
+    rows: dict[str, list[dict[str, str]]] = {same_person_name(pos): [] for pos in label_positions(train_clips)}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        drawn = [pool[int(rng.integers(len(pool)))] if pool else None for pool in pools]
+        for pos in label_positions(train_clips):
+            rows[same_person_name(pos)].append(
+                {c["video_name"]: train_clips[j]["labels"][pos] if j is not None else constant[c["video_name"]]
+                 for c, j in zip(test_clips, drawn)})
+    return rows, fallbacks
+
+
+def score_baselines(scorer, train_clips: list[dict], test_clips: list[dict],
+                    refs: dict[str, list[str]]) -> tuple[dict[str, list[dict]], str]:
+    """({row name: [metrics, one per draw]}, footnote). Single predictions have a list of one; the motion-free
+    rows have one per seed of DRAW_SEEDS."""
+    rows = {name: [scorer.score(preds, refs)] for name, preds in baseline_predictions(train_clips, test_clips).items()}
+    draws, fallbacks = motion_free_draws(train_clips, test_clips)
+    for name, per_seed in draws.items():
+        rows[name] = [scorer.score(preds, refs) for preds in per_seed]
+    note = (f"random same-person clip: mean ± std over {len(DRAW_SEEDS)} draws (seeds "
+            f"{DRAW_SEEDS[0]}-{DRAW_SEEDS[-1]}); {fallbacks} of {len(test_clips)} test clip(s) have no training clip "
+            "of their person and technique and draw from all training clips of their technique")
+    return rows, note
+
+
+def mean_of(draws: list[dict], key: str) -> Optional[float]:
+    values = [m[key] for m in draws if key in m]
+    return sum(values) / len(values) if values else None
+
+
+def strongest_baseline(rows: dict[str, list[dict]], key: str = "CIDEr") -> tuple[str, float]:
+    """(row name, mean `key`) of the best baseline row; a claim that a model beats the baselines names it."""
+    name = max(rows, key=lambda n: mean_of(rows[n], key) or 0.0)
+    return name, mean_of(rows[name], key) or 0.0
+
+
+def strongest_line(rows: dict[str, list[dict]], key: str = "CIDEr") -> str:
+    name, value = strongest_baseline(rows, key)
+    return f"strongest baseline: {name} ({key} {value:.2f})"
 
 
 def label_position_scores(train_clips: list[dict], exclude: str = "CLIP") -> dict[int, float]:
@@ -60,7 +155,7 @@ def label_position_scores(train_clips: list[dict], exclude: str = "CLIP") -> dic
     nearest = nearest_training_clips(train_clips, train_clips, 1, exclude)
     refs = {c["video_name"]: list(c["labels"]) for c in train_clips}
     scorer, scores = CaptionScorer(meteor=False), {}
-    for pos in range(min(len(c["labels"]) for c in train_clips)):
+    for pos in label_positions(train_clips):
         preds = {c["video_name"]: train_clips[row[0]]["labels"][pos] if row else "" for c, row in zip(train_clips, nearest)}
         scores[pos] = scorer.score(preds, refs)["CIDEr"]
     return scores

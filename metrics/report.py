@@ -134,20 +134,27 @@ def ranked_epochs(per_epoch: Mapping[int, Mapping[str, float]], key: str = BEST_
 
 def format_table(rows: Mapping, keys: Optional[list[str]] = None, label: str = "epoch",
                  mark: Optional[object] = None) -> str:
-    """A fixed-width text table, one row per key of `rows` ({row name: {metric: value}}); the row
-    `mark` gets a '*' after its name."""
+    """A fixed-width text table, one row per key of `rows` ({row name: {metric: value}}); a value is a
+    number (printed with 2 decimals) or a ready string such as "12.30 ± 1.20". The row `mark` gets a '*'
+    after its name."""
     if keys is None:
         keys = []
         for m in rows.values():
             keys += [k for k in m if k not in keys]
     names = [f"{r}{'*' if mark is not None and r == mark else ''}" for r in rows]
+    cells = [[_cell(m.get(k)) for k in keys] for m in rows.values()]
     first = max([len(label)] + [len(n) for n in names])
-    widths = [max(len(k), 7) for k in keys]
+    widths = [max([len(k), 7] + [len(row[j]) for row in cells]) for j, k in enumerate(keys)]
     lines = ["  ".join([label.ljust(first)] + [k.rjust(w) for k, w in zip(keys, widths)])]
-    for name, m in zip(names, rows.values()):
-        cells = [(f"{m[k]:.2f}" if isinstance(m.get(k), (int, float)) else "-").rjust(w) for k, w in zip(keys, widths)]
-        lines.append("  ".join([name.ljust(first)] + cells))
+    for name, row in zip(names, cells):
+        lines.append("  ".join([name.ljust(first)] + [c.rjust(w) for c, w in zip(row, widths)]))
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, str):
+        return value
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
 def write_json(path: Path, data) -> Path:

@@ -6,8 +6,10 @@ suffix (the split): `results/bx_runs/bx_finetune/person_s43` → (bx_finetune, p
 is the one its config selects: with early stopping, the epoch of the best validation CIDEr (the checkpoint
 `evaluate.py --checkpoint best` loads; selected on the same clips, hence slightly optimistic); without,
 the last epoch. The last column is the CIDEr of each run's last evaluated epoch, so the optimism of
-picking the epoch on the validation clips is visible next to it. Baselines (constant caption per technique,
-nearest-neighbour retrieval) are scored once per (training file, validation file) pair with the same scorer.
+picking the epoch on the validation clips is visible next to it. Baselines (`metrics/baselines.py`: constant
+caption, nearest neighbour per label position, random same-person clip per label position) are scored once per
+(training file, validation file) pair with the same scorer; the strongest one of each split is named under
+the table.
 """
 from __future__ import annotations
 
@@ -65,26 +67,32 @@ def seed_cell(scores: list[dict], key: str) -> str:
     return mean_std([m[key] for m in scores]) if all(key in m for m in scores) else "–"
 
 
-def baseline_rows(scorer, train: Path, test: Path) -> dict[str, dict]:
+def baseline_rows(scorer, train: Path, test: Path) -> tuple[dict[str, list[dict]], str]:
+    """({baseline name: [metrics per draw]}, footnote) for one (training file, validation file) pair."""
     from dataloaders.formats import load_clips
-    from metrics.baselines import baseline_predictions
+    from metrics.baselines import score_baselines
     from metrics.report import load_references
 
-    refs = load_references(test)
-    return {name: scorer.score(captions, refs)
-            for name, captions in baseline_predictions(load_clips(train), load_clips(test)).items()}
+    return score_baselines(scorer, load_clips(train), load_clips(test), load_references(test))
 
 
 def markdown_table(groups: dict[tuple[str, str], list[dict]], keys: list[str], scorer=None) -> str:
-    """Split by split: baselines first (when a scorer is given), then each experiment, mean ± std over seeds."""
+    """Split by split: baselines first (when a scorer is given), then each experiment, mean ± std over seeds;
+    with baselines, the strongest baseline of each split under the table."""
+    from metrics.baselines import strongest_line
+
     lines = ["| split | model | runs (seeds) | epoch | " + " | ".join(keys) + " | CIDEr, last epoch |",
              "|---|---|---|---|" + "---|" * (len(keys) + 1)]
+    notes = []
     for split in sorted({s for _, s in groups}):
         if scorer is not None:
             pairs = {(r["train"], r["test"]) for (_, s), rs in groups.items() if s == split for r in rs}
             for train, test in sorted(pairs):
-                for name, m in baseline_rows(scorer, train, test).items():
-                    lines.append(f"| {split} | {name} | – | – | " + " | ".join(f"{m[k]:.2f}" if k in m else "–" for k in keys) + " | – |")
+                rows, note = baseline_rows(scorer, train, test)
+                for name, draws in rows.items():
+                    lines.append(f"| {split} | {name} | – | – | " + " | ".join(seed_cell(draws, k) for k in keys) + " | – |")
+                where = split if len(pairs) == 1 else f"{split}, {Path(test).name}"
+                notes += [f"{where}: {strongest_line(rows)}", f"{where}: {note}"]
         for (exp, s), rs in sorted(groups.items()):
             if s != split:
                 continue
@@ -94,4 +102,6 @@ def markdown_table(groups: dict[tuple[str, str], list[dict]], keys: list[str], s
             seeds = ", ".join(str(r["seed"]) for r in rs)
             epochs = ", ".join(str(r["epoch"]) for r in rs)
             lines.append(f"| {split} | {exp} | {len(rs)} ({seeds}) | {epochs} | " + " | ".join(cells) + f" | {last} |")
+    if notes:
+        lines += ["", "(no motion): the row never reads the validation clip's motion."] + notes
     return "\n".join(lines)

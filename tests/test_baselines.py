@@ -1,8 +1,11 @@
-"""Validation splits and the caption baselines (constant caption per technique, nearest-neighbour retrieval)."""
+"""Validation splits, person cross-validation folds and the caption baselines (constant caption per technique,
+nearest neighbour per label position, random same-person clip per label position)."""
+import pytest
 import torch
 
-from dataloaders.splits import person_of, person_split, random_split
-from dataloaders.retrieval import first_label_of_nearest
+from dataloaders.retrieval import label_of_nearest
+from dataloaders.splits import person_folds, person_id, person_of, person_split, random_split
+from engine.errors import UserError
 from metrics.baselines import best_constant_captions
 
 
@@ -51,7 +54,7 @@ def test_nearest_neighbour_returns_the_closest_clip_of_the_same_technique():
              clip("c", "Jab", ["label c"], seed=3, frames=30)]
     test = [dict(clip("t1", "Jab", seed=1), video_name="t1"),  # same motion as "a"
             dict(clip("t2", "Cross", seed=1), video_name="t2")]  # same motion as "a", but only "b" is a Cross
-    assert first_label_of_nearest(train, test) == {"t1": "label a", "t2": "label b"}
+    assert label_of_nearest(train, test) == {"t1": "label a", "t2": "label b"}
 
 
 def test_label_position_scores_find_the_position_a_neighbour_shares():
@@ -69,3 +72,78 @@ def test_label_position_scores_find_the_position_a_neighbour_shares():
     assert set(scores) == {0, 1} and scores[1] > 100 > 1 > scores[0]
     across = label_position_scores(clips, exclude="PERSON")  # other persons never share a remark
     assert across[1] < 1
+
+
+def test_nearest_neighbour_rows_take_each_label_position():
+    from metrics.baselines import baseline_predictions
+
+    train = [clip("0_a", "Jab", ["a0 jab", "a1 jab", "a2 jab"], seed=1), clip("1_b", "Jab", ["b0", "b1", "b2"], seed=2),
+             clip("2_c", "Cross", ["c0 cross", "c1 cross"], seed=3), clip("3_d", "Cross", ["d0", "d1"], seed=4)]
+    test = [dict(clip("t1", "Jab", seed=1), video_name="9_t1"), dict(clip("t2", "Cross", seed=3), video_name="9_t2")]
+    rows = baseline_predictions(train, test)
+    assert list(rows) == ["constant caption (no motion)", "nearest neighbour, label 0", "nearest neighbour, label 1"]
+    assert rows["nearest neighbour, label 1"] == {"9_t1": "a1 jab", "9_t2": "c1 cross"}
+
+
+def persons_corpus():
+    """Persons 0-2 with Jab clips (person 2 has no Cross), labels naming person, technique, position, clip."""
+    clips = []
+    for p, techniques in ((0, ("Jab", "Cross")), (1, ("Jab", "Cross")), (2, ("Jab",))):
+        for mt in techniques:
+            for i in range(3):
+                clips.append(clip(f"{p}_v_{mt}{i}", mt, [f"p{p} {mt} pos{k} c{i}" for k in range(3)], seed=p * 10 + i))
+    return clips
+
+
+def test_motion_free_draws_take_a_clip_of_the_same_person_and_technique_seeded():
+    from metrics.baselines import motion_free_draws
+
+    train = persons_corpus()
+    test = [clip("0_new_1", "Jab", seed=99), clip("1_new_2", "Cross", seed=98),
+            clip("2_new_3", "Cross", seed=97),  # person 2 has no training Cross: any training Cross
+            clip("test_0001", "Jab", seed=96)]  # no person id: any training Jab
+    rows, fallbacks = motion_free_draws(train, test)
+    assert fallbacks == 2
+    assert list(rows) == [f"random same-person clip, label {k} (no motion)" for k in range(3)]
+    for k, draws in enumerate(rows.values()):
+        assert len(draws) == 5
+        for preds in draws:
+            assert preds["0_new_1"].startswith(f"p0 Jab pos{k} ") and preds["1_new_2"].startswith(f"p1 Cross pos{k} ")
+            assert " Cross " in preds["2_new_3"] and " Jab " in preds["test_0001"]
+    firsts = rows["random same-person clip, label 0 (no motion)"]
+    assert len({tuple(sorted(d.items())) for d in firsts}) > 1  # the seeds draw different clips
+    # the same clip is drawn for every position of one draw; the draws repeat exactly
+    assert [d["0_new_1"][-2:] for d in firsts] == [d["0_new_1"][-2:] for d in rows[
+        "random same-person clip, label 2 (no motion)"]]
+    assert motion_free_draws(train, test)[0] == rows
+
+
+def test_strongest_baseline_is_named_by_its_mean_cider():
+    from metrics.baselines import strongest_line
+
+    rows = {"constant caption (no motion)": [{"CIDEr": 10.0}], "nearest neighbour, label 0": [{"CIDEr": 12.0}],
+            "random same-person clip, label 2 (no motion)": [{"CIDEr": 11.0}, {"CIDEr": 15.0}]}
+    assert strongest_line(rows) == "strongest baseline: random same-person clip, label 2 (no motion) (CIDEr 13.00)"
+
+
+def test_person_folds_are_person_disjoint_cover_every_clip_once_and_are_deterministic():
+    clips = [clip(f"{p}_view_{i}", seed=10 * p + i) for p in range(10) for i in range(5 + (p * 7) % 6)]
+    folds = person_folds(clips, 5, seed=0)
+    assert len(folds) == 5
+    val_names = [c["video_name"] for _, val in folds for c in val]
+    assert sorted(val_names) == sorted(c["video_name"] for c in clips)  # each clip validates exactly once
+    for train, val in folds:
+        assert {person_of(c["video_name"]) for c in train}.isdisjoint({person_of(c["video_name"]) for c in val})
+        assert len(train) + len(val) == len(clips)
+        assert len({person_of(c["video_name"]) for c in val}) == 2  # 10 persons dealt round-robin into 5 folds
+    sizes = [len(val) for _, val in folds]
+    assert max(sizes) - min(sizes) <= 3
+    assert person_folds(clips, 5, seed=0) == folds
+    assert [[c["video_name"] for c in v] for _, v in person_folds(clips, 5, seed=1)] != [[c["video_name"] for c in v]
+                                                                                         for _, v in folds]
+    with pytest.raises(UserError, match="--folds 11"):
+        person_folds(clips, 11, seed=0)
+
+
+def test_person_id_is_the_leading_number_only():
+    assert person_id("2_back_5") == "2" and person_id("test_0001") is None and person_id("12") == "12"
