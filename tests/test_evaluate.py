@@ -208,6 +208,45 @@ def test_checkpoint_latest_on_labelled_test_data_reproduces_training_eval(exp, t
 
 
 @needs_java
+def test_motion_control_recaptions_with_swapped_motion_and_writes_json(exp, data, tmp_path):
+    from dataloaders.formats import load_clips
+
+    res = run("--exp", exp, "--checkpoint", "latest", "--motion-control", "--no-meteor", "--json", tmp_path / "mc.json")
+    assert res.returncode == 0, explain(res)
+    out = json.loads((tmp_path / "mc.json").read_text())
+    assert {"real", "swap_technique", "swap_person_technique"} <= set(out) and out["clips"] == 6
+    assert "METEOR" not in out["real"] and "CIDEr" in out["swap_technique"]
+    real = json.loads((exp / "inference" / "epoch_0001_test_real.json").read_text())
+    assert real == json.loads((exp / "jsons" / "results_epoch1.json").read_text())  # real = training's evaluation
+    techniques = [c["motion_type"] for c in load_clips(data["test"])]
+    alone = sum(techniques.count(t) == 1 for t in set(techniques))
+    assert out["kept_own_motion"]["swap_technique"] == alone
+    # synthetic names carry no person id: person+technique groups are the technique groups, same derangement
+    assert out["swap_person_technique"] == out["swap_technique"]
+    lines = res.stdout.splitlines()
+    assert lines[0].split("  ")[0] == "motion control, epoch_0001.pt"
+    assert [c.strip() for c in lines[0].split("  ") if c.strip()][1:] == ["BLEU-4", "ROUGE-L", "CIDEr", "CIDEr drop",
+                                                                         "own motion", "changed"]
+    assert [ln.split("  ")[0] for ln in lines[1:4]] == ["real motion", "swap within technique",
+                                                         "swap within person+technique"]
+    res = run("--exp", exp, "--motion-control")
+    assert res.returncode == EXIT_USER_ERROR and "--motion-control needs" in res.stderr
+
+
+@needs_java
+def test_exp_baselines_mark_the_rows_without_motion_and_name_the_strongest(exp):
+    res = run("--exp", exp, "--baselines", "--no-meteor", timeout=300)
+    assert res.returncode == 0, explain(res)
+    names = [ln.split("  ")[0].strip() for ln in res.stdout.splitlines()]
+    for name in ("untrained model", "constant caption (no motion)", "nearest neighbour, label 0",
+                 "random same-person clip, label 0 (no motion)"):
+        assert name in names, res.stdout
+    row = next(ln for ln in res.stdout.splitlines() if ln.startswith("random same-person clip"))
+    assert row.count(" ± ") == 6  # BLEU-1..4, ROUGE-L, CIDEr over 5 draws
+    assert "strongest baseline: " in res.stdout and "6 of 6 test clip(s)" in res.stdout
+
+
+@needs_java
 def test_retrieval_model_checkpoint_retrieves_as_in_training(data, tmp_path):
     """RETRIEVAL.NEIGHBOURS: evaluate.py re-reads DATA.TRAIN and gives each clip the same neighbours'
     labels as training did, so the predictions of the checkpoint are the ones training wrote."""
