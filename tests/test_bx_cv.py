@@ -1,0 +1,115 @@
+"""tools/bx_cv.py: person-fold cross-validation runner — the table from per-fold results, and one tiny run
+(2 folds, 1 epoch, HIDDEN 4 / OUT 16 encoder, 1-layer d=32 T5) end to end."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.errors import EXIT_USER_ERROR
+from tests.test_evaluate import env, explain
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "tools" / "bx_cv.py"
+
+
+def metrics(cider: float) -> dict:
+    return {"BLEU-4": cider / 10, "ROUGE-L": 30.0, "CIDEr": cider}
+
+
+def fake_fold(model: float, swap: float, constant: float, nn: tuple, draws: tuple) -> dict:
+    return {"val_persons": ["1", "2"], "note": "random same-person clip: 2 of 3 ...",
+            "model": metrics(model),
+            "motion_control": {"real": metrics(model), "swap_technique": metrics(swap),
+                               "swap_person_technique": metrics(model), "kept_own_motion": {}, "clips": 3},
+            "baselines": {"constant caption (no motion)": [metrics(constant)],
+                          **{f"nearest neighbour, label {i}": [metrics(v)] for i, v in enumerate(nn)},
+                          "random same-person clip, label 0 (no motion)": [metrics(v) for v in draws]}}
+
+
+def test_cv_table_reports_folds_means_and_how_often_the_model_wins():
+    from tools.bx_cv import cv_table
+
+    folds = [fake_fold(20, 10, 15, (12, 25), (18, 22)),   # beats the constant, not every NN
+             fake_fold(30, 31, 15, (12, 25), (10, 14)),   # beats everything; the swap does not lower it
+             fake_fold(10, 5, 15, (12, 5), (8, 12))]      # below the constant
+    table, summary = cv_table(folds)
+    lines = table.splitlines()
+    assert lines[0] == ("| model / baseline | cv0 CIDEr | cv1 CIDEr | cv2 CIDEr | BLEU-4 mean ± std | "
+                        "ROUGE-L mean ± std | CIDEr mean ± std |")
+    assert lines[2] == "| model, last epoch | 20.00 | 30.00 | 10.00 | 2.00 ± 1.00 | 30.00 ± 0.00 | 20.00 ± 10.00 |"
+    draws_row = next(ln for ln in lines if ln.startswith("| random same-person clip"))
+    assert draws_row.startswith("| random same-person clip, label 0 (no motion) | 20.00 | 12.00 | 10.00 |")
+    assert "folds where the model beats the constant caption (CIDEr): 2/3" in lines
+    assert "folds where the model beats every nearest-neighbour baseline (CIDEr): 1/3" in lines
+    assert "folds where the model beats every baseline (CIDEr): 1/3" in lines
+    assert "folds where motion swapped within technique lowers the model's CIDEr: 2/3" in lines
+    assert "folds where motion swapped within person+technique lowers the model's CIDEr: 0/3" in lines
+    assert "strongest baseline over the folds: nearest neighbour, label 1 (CIDEr 18.33)" in lines
+    assert summary["rows"]["model, last epoch"]["CIDEr per fold"] == [20, 30, 10]
+    assert summary["wins_over"]["the constant caption"] == 2 and summary["n_folds"] == 3
+
+
+@pytest.fixture(scope="module")
+def folds(tmp_path_factory):
+    """24 synthetic finetuning clips renamed to 4 persons, dealt into 2 person folds."""
+    from dataloaders.formats import load_clips
+    from dataloaders.splits import write_folds
+    from dataloaders.synthetic import generate
+
+    root = tmp_path_factory.mktemp("cv")
+    full = generate(root / "full")
+    clips = load_clips(full["train"])[:24]
+    for i, c in enumerate(clips):
+        c["video_name"] = f"{i % 4}_view_{i}"
+    write_folds(clips, root / "splits", "syn", 2, 0)
+    cfg = {"HIDDEN_CHANNEL": 4, "OUT_CHANNEL": 16, "BRANCH": 1, "TASK": {"PRETRAIN": False},
+           "ALIGNMENT": {"REFERENCE_SEGMENT": "ALIGNED"},
+           "DATA": {"TRAIN": "unused.pkl", "TEST": "unused.pkl", "STANDARD": str(full["standard"]),
+                    "BATCH_SIZE": 8, "EVAL_BATCH_SIZE": 64},
+           "OPTIMIZER": {"LR": 1.0e-3, "MAX_EPOCH": 1, "WARMUP_STEPS": 5},
+           "T5": {"D_MODEL": 32, "NUM_LAYERS": 1, "NUM_HEADS": 4, "D_KV": 8, "D_FF": 64, "VOCAB_SIZE": 300},
+           "EVAL": {"METEOR": False}, "GENERATION": {"MAX_LENGTH": 8}}
+    (root / "exp").mkdir()
+    (root / "exp" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return root
+
+
+def run_cv(folds: Path, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUNNER), str(folds / "exp"), "--folds", "2", "--splits",
+                           str(folds / "splits"), "--name", "syn", "--out", str(folds / "out"), *extra],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (PTB tokenizer)")
+def test_runner_trains_every_fold_and_writes_the_summary(folds):
+    res = run_cv(folds)
+    assert res.returncode == 0, explain(res)
+    out = folds / "out"
+    for k in (0, 1):
+        resolved = yaml.safe_load((out / f"cv{k}" / "config_resolved.yaml").read_text())
+        assert resolved["DATA"]["TEST"].endswith(f"syn_cv{k}_val.pkl") and resolved["RETRIEVAL"]["EXCLUDE"] == "PERSON"
+        assert resolved["EVAL"]["EARLY_STOP_PATIENCE"] == 0 and resolved["OPTIMIZER"]["MAX_EPOCH"] == 1
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert summary["n_folds"] == 2 and summary["epochs"] == 1
+    assert set(summary["folds"][0]["motion_control"]) >= {"real", "swap_technique", "swap_person_technique"}
+    assert summary["folds"][0]["val_persons"] == ["1", "2"]  # write_folds with seed 0
+    md = (out / "cv_summary.md").read_text()
+    assert "| model, motion swapped within person+technique |" in md and "strongest baseline over the folds" in md
+    rerun = run_cv(folds)  # finished folds are not trained again; their evaluation is cached
+    assert rerun.returncode == 0, explain(rerun)
+    assert rerun.stdout.count("finished, not trained again") == 2
+    assert (out / "cv_summary.md").read_text() == md
+
+
+def test_runner_refuses_overrides_of_the_keys_it_sets(folds):
+    res = run_cv(folds, "--set", "OPTIMIZER.MAX_EPOCH=3")
+    assert res.returncode == EXIT_USER_ERROR and "set by the runner" in res.stderr
+    res = subprocess.run([sys.executable, str(RUNNER), str(folds / "exp"), "--splits", str(folds / "nowhere")],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == EXIT_USER_ERROR and "syn" not in res.stderr and "fold file not found" in res.stderr
