@@ -7,7 +7,7 @@ RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_st
 # Config overrides for both demo stages, e.g. make demo DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
 DEMO_SET ?=
 
-.PHONY: test demo clean-demo bench bx bx-experiments
+.PHONY: test demo clean-demo bench bx bx-experiments bx-cv
 
 .venv/.installed: requirements.txt
 	test -x .venv/bin/python || python3 -m venv .venv
@@ -22,12 +22,13 @@ $(SYN)/train.pkl: dataloaders/synthetic.py | .venv/.installed
 	$(PY) -m dataloaders.synthetic --out $(SYN)
 
 # Offline demo: pretrain (2 processes) → finetune with the standard motion (branch 1) → scores next to
-# an untrained model and caption baselines. Re-running resumes (finished runs return at once);
-# `make clean-demo` starts over.
+# an untrained model and caption baselines, then the motion control (the same clips with swapped motions).
+# Re-running resumes (finished runs return at once); `make clean-demo` starts over.
 demo: .venv/.installed $(SYN)/train.pkl
 	$(RUN) --cfg_file results/demo_pretrain/config.yaml $(if $(DEMO_SET),--set $(DEMO_SET))
 	$(RUN) --cfg_file results/demo_finetune/config.yaml $(if $(DEMO_SET),--set $(DEMO_SET))
 	$(PY) evaluate.py --exp results/demo_finetune --baselines
+	$(PY) evaluate.py --exp results/demo_finetune --checkpoint latest --motion-control
 
 clean-demo:
 	rm -rf results/demo_pretrain/*/ results/demo_pretrain/*.log results/demo_pretrain/*.json results/demo_pretrain/config_resolved.yaml
@@ -60,10 +61,26 @@ bx: .venv/.installed data/splits/bx_person_train.pkl
 ifeq ($(BX_TEST),)
 	$(BX_TRAIN) --cfg_file $(BX_CFG)/config.yaml
 	$(PY) evaluate.py --exp $(BX_CFG) --baselines
+	$(PY) evaluate.py --exp $(BX_CFG) --checkpoint best --motion-control
 else
 	$(BX_TRAIN) --cfg_file $(BX_CFG)/config.yaml --set $(BX_FULL)
 	$(PY) evaluate.py --exp $(BX_CFG) --set $(BX_FULL) --baselines
+	$(PY) evaluate.py --exp $(BX_CFG) --set $(BX_FULL) --checkpoint latest --motion-control
 endif
+
+# Cross-validation grouped by person: BX_FOLDS person-disjoint folds of the BX training file (10 persons → 2
+# per fold), BX_CFG trained on each for a fixed number of epochs (BX_EPOCHS when given on the command line,
+# else the config's OPTIMIZER.MAX_EPOCH), BX_JOBS at a time, into results/bx_cv/<config>[_BX_TAG]; then one
+# table: the model, its motion swaps and every baseline per fold, mean ± std. BX_SET="KEY=VALUE ..." is
+# passed to every fold. Re-running skips finished folds.
+BX_FOLDS ?= 5
+BX_SET ?=
+BX_TAG ?=
+bx-cv: .venv/.installed
+	$(PY) -m dataloaders.splits --data $(BX)/BX_train.pkl --out data/splits --name bx --folds $(BX_FOLDS)
+	$(PY) tools/bx_cv.py $(BX_CFG) --folds $(BX_FOLDS) --jobs $(BX_JOBS) \
+		$(if $(filter command line environment,$(origin BX_EPOCHS)),--epochs $(BX_EPOCHS)) \
+		$(if $(BX_TAG),--tag $(BX_TAG)) $(if $(BX_SET),--set $(BX_SET))
 
 # The README's BX table: the recommended setting and the model without retrieval with 3 seeds each, and each
 # ablation of the latter (branch 0, SKELETON_POOL, synthetic pretraining) with seed 42, on both splits; BX_JOBS single-process runs at a time
