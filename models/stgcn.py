@@ -21,7 +21,11 @@ class Dropout(nn.Dropout):
 
 
 class STGCBlock(nn.Module):
-    """Spatial graph conv -> BN -> ReLU -> temporal conv (9 frames) -> BN -> Dropout, + residual, ReLU.
+    """Spatial graph conv -> BN -> ReLU -> temporal conv (9 frames) -> BN -> Dropout -> ReLU, + residual.
+
+    As the original: `out = ReLU(Dropout(BN(tconv(h)))) + residual(x)`, no activation after the add, so a
+    block's output (and the embedding) can be negative and a channel the ReLU zeroes still passes the
+    identity path.
 
     The graph is either the fixed skeleton A [K, V, V] (scaled by a learnable mask M) or one graph per
     sample [B, K, V, V] (the perception branch's learned att_A, which has no mask: a mask there would
@@ -52,10 +56,10 @@ class STGCBlock(nn.Module):
         # Padded frames hold BN/conv biases here; zero them so the temporal conv sees what it sees at
         # the end of an unpadded clip, and a clip's output does not depend on its batch neighbours.
         y = torch.relu(self.graph_bn(y)) * frame_mask  # [B, C_out, T, V]
-        y = self.dropout(self.temporal_bn(self.temporal_conv(y)))
+        y = torch.relu(self.dropout(self.temporal_bn(self.temporal_conv(y))))
         if self.residual is not None:
             y = y + self.residual(x)
-        return torch.relu(y) * frame_mask
+        return y * frame_mask
 
     def graph_convolution(self, x, A):
         """Σ_k (W_k x + b_k) · A_k, i.e. the 1×1 conv to C_out × K channels followed by

@@ -148,3 +148,29 @@ def test_graph_first_convolution_equals_the_reference_einsum_with_gradients(per_
     g = torch.randn_like(ref)
     for a, b in zip(torch.autograd.grad(ref, params, g), torch.autograd.grad(out, params, g)):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(6, 6), (5, 6)])  # identity residual, and 1×1 conv + BN residual
+def test_block_follows_the_published_order_relu_before_the_residual_add(c_in, c_out):
+    """out = ReLU(Dropout(BN(tconv(ReLU(BN(gcn(x))))))) + residual(x): no activation after the add, so
+    outputs can be negative (a ReLU after the add would make every value >= 0)."""
+    from models.stgcn import STGCBlock
+
+    torch.manual_seed(0)
+    block = STGCBlock(c_in, c_out, 7).eval()
+    for module in block.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    A = torch.from_numpy(build_spatial_adjacency(V))
+    x = torch.randn(2, c_in, 9, V)
+    mask = torch.ones(2, 1, 9, 1)
+    with torch.no_grad():
+        h = torch.relu(block.graph_bn(torch.einsum("nkctv,kvw->nctw",
+                                                   block.graph_conv(x).view(2, 7, c_out, 9, V), A * block.mask)))
+        temporal = torch.relu(block.temporal_bn(block.temporal_conv(h)))
+        residual = x if c_in == c_out else block.residual[1](block.residual[0](x))
+        expected = temporal + residual
+        out = block(x, mask, A)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert (out < 0).any()
