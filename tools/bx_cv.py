@@ -140,31 +140,20 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
 
 # ---- the table -----------------------------------------------------------------------------------
 
-def _mean(values: list[float]) -> float:
-    return statistics.mean(values)
-
-
 def fold_rows(fold: dict) -> dict[str, dict[str, float]]:
     """{row name: {metric: value}} of one fold: the model, its two swaps, each baseline (multi-draw rows:
     the mean over the draws)."""
     rows = {MODEL: fold["model"]}
     rows.update({label: fold["motion_control"][key] for key, label in SWAPS.items()})
     for name, draws in fold["baselines"].items():
-        rows[name] = {k: _mean([d[k] for d in draws]) for k in draws[0]}
+        rows[name] = {k: statistics.mean(d[k] for d in draws) for k in draws[0]}
     return rows
-
-
-def mean_std_cell(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def cv_table(folds: list[dict]) -> tuple[str, dict]:
     """(markdown table + verdict lines, JSON summary) from the per-fold results of `evaluate_fold`."""
     from metrics.baselines import CONSTANT
+    from metrics.summary import mean_std
 
     per_fold = [fold_rows(f) for f in folds]
     names = list(per_fold[0])
@@ -177,7 +166,7 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
         summary_rows[name] = {"CIDEr per fold": values.get("CIDEr", []),
                               **{k: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
                                  for k, v in values.items() if v}}
-        cells = [f"{v:.2f}" for v in values.get("CIDEr", [])] + [mean_std_cell(values[k]) for k in keys]
+        cells = [f"{v:.2f}" for v in values.get("CIDEr", [])] + [mean_std(values[k]) if values[k] else "–" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     model = [rows[MODEL]["CIDEr"] for rows in per_fold]
     nearest = [n for n in names if n.startswith("nearest neighbour")]
