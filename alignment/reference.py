@@ -1,7 +1,7 @@
-"""Branch 1: compare the learner with the standard motion of the same technique (design §4).
+"""Branch 1: compare the learner with the standard motion of the same technique.
 
-The fused embedding is concat(learner, standard_window − learner) on the channel axis, so the
-projection sees both what the learner did and how it differs from the reference at every joint.
+Fusion DIFFERENCE (the original's) feeds the projection standard_window − learner only; CONCAT feeds
+concat(learner, standard_window − learner), so the projection also sees what the learner did.
 """
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ import torch
 from alignment.window_search import best_window_start, gather_window
 
 
-def first_frame_standard(learner_emb: torch.Tensor) -> torch.Tensor:
-    """Pretraining has no standard: the clip's own first frame, repeated, stands in for it."""
-    return learner_emb[:, :1].expand_as(learner_emb)
+FUSIONS = ("DIFFERENCE", "CONCAT")
+
+
+def first_frame_coordinates(coords: torch.Tensor) -> torch.Tensor:
+    """Pretraining has no standard: a static clip, the learner's first-frame pose held for its length."""
+    return coords[:, :1].expand_as(coords)
 
 
 def aligned_standard_window(learner_emb: torch.Tensor, frame_mask: torch.Tensor, standard_emb: torch.Tensor,
@@ -36,8 +39,16 @@ def aligned_standard_window(learner_emb: torch.Tensor, frame_mask: torch.Tensor,
     return gather_window(standard_emb, standard_lengths, which, start, learner_emb.shape[1])
 
 
-def fuse_with_standard(learner_emb: torch.Tensor, standard_window: torch.Tensor,
-                       frame_mask: torch.Tensor) -> torch.Tensor:
-    """[B,T,V,C] ×2 → [B,T,V,2C]; the difference is zeroed at padded frames."""
+def fuse_with_standard(learner_emb: torch.Tensor, standard_window: torch.Tensor, frame_mask: torch.Tensor,
+                       fusion: str = "DIFFERENCE") -> torch.Tensor:
+    """[B,T,V,C] ×2 → [B,T,V,C] (DIFFERENCE) or [B,T,V,2C] (CONCAT); the difference is zeroed at padded frames."""
     diff = (standard_window - learner_emb) * frame_mask[:, :, None, None]
-    return torch.cat([learner_emb, diff], dim=-1)
+    if fusion == "DIFFERENCE":
+        return diff
+    if fusion == "CONCAT":
+        return torch.cat([learner_emb, diff], dim=-1)
+    raise ValueError(f"unknown fusion {fusion!r}, expected one of {FUSIONS}")
+
+
+def fused_width(channels: int, fusion: str) -> int:
+    return 2 * channels if fusion == "CONCAT" else channels

@@ -30,6 +30,9 @@ class TaskConfig:
 class TransformationConfig:
     REDUCTION_POLICY: Literal["TIME_POOL", "SKELETON_POOL", "ORIGIN"] = "TIME_POOL"
     PROJECTION_DROPOUT: float = 0.1
+    # Standardise motion tokens across clips per joint (+ a learned joint embedding) before the projection:
+    # not in the original; keeps what differs between clips from drowning in each joint's shared offset.
+    TOKEN_NORM: bool = False
 
 
 @dataclass
@@ -48,6 +51,9 @@ class DataConfig:
 class AlignmentConfig:
     # NONE: sliding-window search for the standard's start frame; GT/ALIGNED/ERROR: the segment in the data.
     REFERENCE_SEGMENT: Literal["NONE", "GT", "ALIGNED", "ERROR"] = "NONE"
+    # What the projection reads in branch 1: DIFFERENCE = standard window − learner (the original's),
+    # CONCAT = the learner's embedding and that difference side by side.
+    FUSION: Literal["DIFFERENCE", "CONCAT"] = "DIFFERENCE"
 
 
 @dataclass

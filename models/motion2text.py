@@ -1,7 +1,8 @@
 """The whole model: STA-GCN skeleton encoder → (reference fusion) → projection → T5 (design §4).
 
     coordinates [B,T,66] → features [B,6,T,22] → STA-GCN → emb [B,T,22,512]
-      branch 1: concat(emb, standard_window − emb)       branch 2: concat(emb, subtraction per joint)
+      branch 1: standard_window − emb (FUSION CONCAT: concat(emb, standard_window − emb))
+      branch 2: concat(emb, subtraction per joint)
     → projection → tokens [B,N,d_model] (+ mask by policy)
     (+ RETRIEVAL.NEIGHBOURS: the retrieved training labels' token embeddings, packed after them)
     → T5 loss / generate
@@ -15,7 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import T5ForConditionalGeneration
 
-from alignment.reference import aligned_standard_window, first_frame_standard, fuse_with_standard
+from alignment.reference import aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width
 from dataloaders.features import skeleton_features
 from engine.config import Config, GenerationConfig
 from models.projection import Projection
@@ -48,12 +49,15 @@ class MotionToText(nn.Module):
         self.pretrain = cfg.TASK.PRETRAIN
         self.use_data_segment = cfg.ALIGNMENT.REFERENCE_SEGMENT != "NONE"
         self.use_retrieval = cfg.RETRIEVAL.NEIGHBOURS > 0
+        self.fusion = cfg.ALIGNMENT.FUSION
         self.codec = codec
         self.encoder = STAGCN(cfg.HIDDEN_CHANNEL, cfg.OUT_CHANNEL, cfg.DROPOUT)
         emb_dim = 4 * cfg.OUT_CHANNEL
-        in_dim = emb_dim * (2 if self.branch == 1 else 1) + (subtraction_dim if self.branch == 2 else 0)
+        in_dim = fused_width(emb_dim, self.fusion) if self.branch == 1 else emb_dim
+        in_dim += subtraction_dim if self.branch == 2 else 0
         self.projection = Projection(in_dim, t5.config.d_model, cfg.TRANSFORMATION.REDUCTION_POLICY,
-                                     cfg.TRANSFORMATION.PROJECTION_DROPOUT)
+                                     cfg.TRANSFORMATION.PROJECTION_DROPOUT,
+                                     token_norm=cfg.TRANSFORMATION.TOKEN_NORM)
         self.t5 = t5
         self.standard_names: list[str] = []
         self.register_buffer("standard_coords", torch.zeros(0, 2, 66), persistent=False)  # [S,Ts,66]
@@ -69,6 +73,16 @@ class MotionToText(nn.Module):
         self.standard_coords = pad_sequence(coords, batch_first=True).to(device)
         self.standard_lengths = torch.tensor([len(c) for c in coords], device=device)
 
+    def embed_reference(self, coords: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A reference motion's embedding [S,Ts,22,C]: eval mode (running BatchNorm statistics), no grad, and
+        the encoder's mode restored after (the original left it in eval mode for the rest of the epoch)."""
+        was_training = self.encoder.training
+        self.encoder.eval()
+        with torch.no_grad():
+            emb, _, _ = self.encoder(skeleton_features(coords), mask)
+        self.encoder.train(was_training)
+        return emb
+
     def embed_standards(self, motion_types: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed each distinct standard of the batch once (no grad, eval mode) — not once per sample."""
         distinct = sorted(set(motion_types))
@@ -77,25 +91,20 @@ class MotionToText(nn.Module):
         lengths = self.standard_lengths[rows]
         coords = self.standard_coords[rows, : int(lengths.max())]
         mask = torch.arange(coords.shape[1], device=rows.device)[None, :] < lengths[:, None]
-        was_training = self.encoder.training
-        self.encoder.eval()
-        with torch.no_grad():
-            standard_emb, _, _ = self.encoder(skeleton_features(coords), mask)  # [S,Ts,22,C]
-        self.encoder.train(was_training)
-        return standard_emb, lengths, which
+        return self.embed_reference(coords, mask), lengths, which
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """→ T5 input tokens [B,N,d_model], their mask [B,N], att_node [B,1,T,22], att_A [B,4,22,22]."""
         coords, frame_mask = batch["coordinates"], batch["frame_mask"]
         emb, att_node, att_A = self.encoder(skeleton_features(coords), frame_mask)  # emb [B,T,22,C]
         if self.branch == 1:
-            if self.pretrain:
-                standard_window = first_frame_standard(emb)
+            if self.pretrain:  # the original's stand-in: the static first-frame pose, encoded like a standard
+                standard_window = self.embed_reference(first_frame_coordinates(coords), frame_mask)
             else:
                 standard_emb, lengths, which = self.embed_standards(batch["motion_types"])
                 segment = (batch["segment_start"], batch["std_segment_start"]) if self.use_data_segment else (None, None)
                 standard_window = aligned_standard_window(emb, frame_mask, standard_emb, lengths, which, *segment)
-            emb = fuse_with_standard(emb, standard_window, frame_mask)
+            emb = fuse_with_standard(emb, standard_window, frame_mask, self.fusion)
         elif self.branch == 2:
             extra = batch["subtraction"][:, :, None, :].expand(-1, -1, emb.shape[2], -1)  # [B,T,22,Cs]
             emb = torch.cat([emb, extra.to(emb.dtype)], dim=-1)

@@ -98,17 +98,20 @@ def test_gather_window_repeats_the_last_frame_past_the_end_of_the_standard():
 def test_fusion_uses_each_samples_own_embedding():
     learner = torch.randn(3, 4, 22, 2)
     standard = torch.randn(3, 4, 22, 2)
-    fused = fuse_with_standard(learner, standard, torch.ones(3, 4, dtype=torch.bool))
-    # the original subtracted query[0] for every item (defect 6)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    # the original subtracted query[0] for every item
+    assert torch.equal(fuse_with_standard(learner, standard, mask), standard - learner)  # DIFFERENCE, the default
+    fused = fuse_with_standard(learner, standard, mask, "CONCAT")
     assert torch.equal(fused[..., 2:], standard - learner)
     assert torch.equal(fused[..., :2], learner)
 
 
 # ---- the whole model ----------------------------------------------------------------------------
 
-def model_and_batch(policy, branch=0, pretrain=True, segment="NONE"):
-    cfg = tiny_config(BRANCH=branch, TASK={"PRETRAIN": pretrain}, TRANSFORMATION={"REDUCTION_POLICY": policy},
-                      ALIGNMENT={"REFERENCE_SEGMENT": segment}, DATA={"STANDARD": "s.pkl"})
+def model_and_batch(policy, branch=0, pretrain=True, segment="NONE", token_norm=False, fusion="DIFFERENCE"):
+    cfg = tiny_config(BRANCH=branch, TASK={"PRETRAIN": pretrain},
+                      TRANSFORMATION={"REDUCTION_POLICY": policy, "TOKEN_NORM": token_norm},
+                      ALIGNMENT={"REFERENCE_SEGMENT": segment, "FUSION": fusion}, DATA={"STANDARD": "s.pkl"})
     model = tiny_model(cfg, standards=STANDARDS if branch == 1 else None, subtraction_dim=3 if branch == 2 else 0)
     clips = [random_clip(10, seed=1), random_clip(17, seed=2), random_clip(6, seed=3)]
     batch = make_batch(clips, motion_types=["Jab", "Cross", "Jab"], subtraction_dim=3 if branch == 2 else 0)
@@ -121,9 +124,14 @@ def logits(model, batch, labels):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("branch, pretrain", [(0, True), (1, False), (1, True), (2, False)])
-def test_padding_does_not_change_logits_or_text(policy, branch, pretrain):
-    model, batch = model_and_batch(policy, branch, pretrain)
+@pytest.mark.parametrize("branch, pretrain, token_norm, fusion", [
+    (0, True, False, "DIFFERENCE"), (1, False, False, "DIFFERENCE"), (1, False, True, "CONCAT"),
+    (1, True, False, "DIFFERENCE"), (2, False, True, "DIFFERENCE")])
+def test_padding_does_not_change_logits_or_text(policy, branch, pretrain, token_norm, fusion):
+    model, batch = model_and_batch(policy, branch, pretrain, token_norm=token_norm, fusion=fusion)
+    if token_norm:  # running statistics off their defaults, so eval-mode normalisation is not the identity
+        model.projection.token_norm.norm.running_mean.uniform_(-1, 1)
+        model.projection.token_norm.norm.running_var.uniform_(0.5, 2)
     labels = model.codec.encode_targets(["a person walks", "raises the arm", "squats down"])
     with torch.no_grad():
         batched = logits(model, batch, labels)
@@ -203,6 +211,34 @@ def test_each_distinct_standard_is_embedded_once_per_step_without_grad():
     # one call for the 3 learner clips (train mode, grad), one for the 2 distinct standards (eval, no grad)
     assert sorted(calls) == sorted([(3, True, True), (2, False, False)])
     assert model.encoder.training
+
+
+def test_pretraining_branch1_reference_is_the_static_first_frame_pose_encoded_without_grad():
+    """As the original: the first frame's coordinates held for the clip's length, encoded in eval mode."""
+    from dataloaders.features import skeleton_features
+
+    model, batch = model_and_batch("TIME_POOL", branch=1, pretrain=True)
+    model.train()
+    calls = []
+    handle = model.encoder.register_forward_pre_hook(
+        lambda module, args: calls.append((args[0].clone(), torch.is_grad_enabled(), module.training)))
+    model(batch, model.codec.encode_targets(["a", "b", "c"])).backward()
+    handle.remove()
+    assert [(grad, training) for _, grad, training in calls] == [(True, True), (False, False)]
+    static = batch["coordinates"][:, :1].expand_as(batch["coordinates"])
+    torch.testing.assert_close(calls[1][0], skeleton_features(static))
+    assert model.encoder.training
+
+
+def test_token_norm_standardises_each_joint_across_clips_in_training():
+    from models.projection import TokenNorm
+
+    norm = TokenNorm(8, "TIME_POOL").train()
+    offset = torch.randn(1, 22, 8) * 10  # a large per-joint offset shared by every clip
+    tokens = offset + torch.randn(16, 22, 8) * 0.1
+    out = norm(tokens, torch.ones(16, 22, dtype=torch.bool))
+    torch.testing.assert_close(out.mean(0), torch.zeros(22, 8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.var(0, unbiased=False), torch.ones(22, 8), atol=1e-2, rtol=0)
 
 
 def test_data_segment_sets_the_standard_window_start():
