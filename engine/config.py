@@ -120,6 +120,9 @@ class T5Config:
     D_FF: int = 2048
     DROPOUT: float = 0.1
     VOCAB_SIZE: int = 4000  # byte-level BPE trained on the training labels (config-built T5 only)
+    # Training only: each teacher-forced decoder input token after the prompt becomes <unk> with this
+    # probability, so the decoder cannot write from its own context alone and must read the motion.
+    WORD_DROPOUT: float = 0.0
 
 
 @dataclass
@@ -284,7 +287,7 @@ def _check_ranges(cfg: Config) -> None:
         if v < 0:
             raise UserError(f"config key {key}: got {v!r}, expected a value >= 0")
     for key, v in {"DROPOUT": cfg.DROPOUT, "TRANSFORMATION.PROJECTION_DROPOUT": cfg.TRANSFORMATION.PROJECTION_DROPOUT,
-                   "T5.DROPOUT": cfg.T5.DROPOUT}.items():
+                   "T5.DROPOUT": cfg.T5.DROPOUT, "T5.WORD_DROPOUT": cfg.T5.WORD_DROPOUT}.items():
         if not 0.0 <= v < 1.0:
             raise UserError(f"config key {key}: got {v!r}, expected a probability in [0, 1)")
     if cfg.HIDDEN_CHANNEL * 2 * 2 != cfg.OUT_CHANNEL:

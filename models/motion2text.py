@@ -50,6 +50,7 @@ class MotionToText(nn.Module):
         self.use_data_segment = cfg.ALIGNMENT.REFERENCE_SEGMENT != "NONE"
         self.use_retrieval = cfg.RETRIEVAL.NEIGHBOURS > 0
         self.fusion = cfg.ALIGNMENT.FUSION
+        self.word_dropout = cfg.T5.WORD_DROPOUT
         self.codec = codec
         self.encoder = STAGCN(cfg.HIDDEN_CHANNEL, cfg.OUT_CHANNEL, cfg.DROPOUT)
         emb_dim = 4 * cfg.OUT_CHANNEL
@@ -124,9 +125,21 @@ class MotionToText(nn.Module):
         return pack_sequences(tokens, token_mask, text, enc.attention_mask.to(tokens.device).bool())
 
     def forward(self, batch: dict, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over non-pad label tokens (pads are -100: defect 5)."""
+        """Mean cross-entropy over non-pad label tokens (pads are -100, never in the loss)."""
         tokens, token_mask, _, _ = self.encode(batch)
-        return self.t5(inputs_embeds=tokens, attention_mask=token_mask.long(), labels=labels).loss
+        decoder_inputs = self.noisy_decoder_inputs(labels) if self.training and self.word_dropout > 0 else None
+        return self.t5(inputs_embeds=tokens, attention_mask=token_mask.long(), labels=labels,
+                       decoder_input_ids=decoder_inputs).loss
+
+    def noisy_decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """The teacher-forced decoder inputs (labels shifted right after the start token, pads as <pad>) with
+        each caption token replaced by <unk> with probability WORD_DROPOUT; the start token and prompt stay."""
+        cfg, tok = self.t5.config, self.codec.tokenizer
+        inputs = torch.cat([labels.new_full((labels.shape[0], 1), cfg.decoder_start_token_id), labels[:, :-1]], 1)
+        inputs = inputs.masked_fill(inputs == -100, tok.pad_token_id)
+        caption = torch.arange(inputs.shape[1], device=inputs.device) > len(self.codec.prompt_ids)
+        drop = (torch.rand(inputs.shape, device=inputs.device) < self.word_dropout) & caption & (inputs != tok.pad_token_id)
+        return inputs.masked_fill(drop, tok.unk_token_id)
 
     @torch.no_grad()
     def generate(self, batch: dict, gen: GenerationConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:

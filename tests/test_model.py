@@ -277,3 +277,24 @@ def test_decoded_captions_carry_no_control_characters():
     ids = codec.tokenizer("a\nperson\x00 walks\u2028now", add_special_tokens=False).input_ids
     generated = torch.tensor([[0] + codec.prompt_ids + ids + [1]])
     assert codec.decode(generated) == ["a person walks now"]
+
+
+def test_word_dropout_replaces_caption_inputs_only_and_matches_t5s_own_shift_when_off():
+    cfg = tiny_config(T5={"WORD_DROPOUT": 0.5})
+    model = tiny_model(cfg).train()
+    labels = model.codec.encode_targets(["a person walks forward slowly", "jumps"])
+    torch.manual_seed(0)
+    noisy = model.noisy_decoder_inputs(labels)
+    clean = model.t5.prepare_decoder_input_ids_from_labels(labels=labels)  # T5's own shift right
+    head = 1 + len(model.codec.prompt_ids)  # start token + prompt: never dropped
+    assert torch.equal(noisy[:, :head], clean[:, :head])
+    changed = noisy != clean
+    assert changed.any() and (noisy[changed] == model.codec.tokenizer.unk_token_id).all()
+    assert not (changed & (clean == model.codec.tokenizer.pad_token_id)).any()
+    model.word_dropout = 0.0
+    model.eval()  # evaluation and generation never see the noise
+    batch = make_batch([random_clip(8, seed=1), random_clip(5, seed=2)])
+    with torch.no_grad():
+        plain = model.t5(inputs_embeds=model.encode(batch)[0], attention_mask=model.encode(batch)[1].long(),
+                         labels=labels).loss
+        assert torch.equal(model(batch, labels), plain)
