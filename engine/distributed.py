@@ -94,6 +94,23 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+@torch.no_grad()
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Overwrite every parameter and buffer of `module` on every rank with rank `src`'s values (in place).
+
+    One flat broadcast per (dtype, device) group, not one per tensor. Needed where ranks can drift apart:
+    without SyncBatchNorm each rank's BatchNorm running statistics follow its own batches."""
+    if not is_distributed() or dist.get_world_size() == 1:
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in (*module.parameters(), *module.buffers()):
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for tensors in groups.values():
+        flat = torch._utils._flatten_dense_tensors([t.detach() for t in tensors])
+        dist.broadcast(flat, src=src)
+        torch._foreach_copy_(tensors, torch._utils._unflatten_dense_tensors(flat, tensors))
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

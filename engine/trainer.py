@@ -25,7 +25,8 @@ from dataloaders.datasets import collate
 from dataloaders.samplers import BucketedDistributedSampler
 from engine import checkpoint as ckpt
 from engine.config import Config
-from engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier
+from engine.distributed import (DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier,
+                                broadcast_module_state)
 from engine.evaluator import predict, references_of, write_predictions
 from engine.experiment import Experiment, move_batch
 from engine.logs import TensorBoard
@@ -131,6 +132,7 @@ class Trainer:
         self.bad_steps = 0
         self._partial_loss = [0.0, 0.0]  # [loss sum, count] of a part-trained epoch
         self._stop_signal: Optional[int] = None
+        self._synced_at: Optional[tuple] = None  # (epoch, batches done, step) of the last _sync_model
         # Early stopping on the validation CIDEr (when on, the best epoch's checkpoint is never pruned).
         self.early_stop = {"best_epoch": None, "best": None, "since_best": 0, "stopped": False}
         self.jsons = cfg.logdir / "jsons"
@@ -171,8 +173,22 @@ class Trainer:
                         len(state["rng"]), self.dist.world_size)
             torch.manual_seed(self.cfg.SEED + self.dist.rank + 1000 * self.epoch)
 
+    def _sync_model(self) -> None:
+        """Every rank holds rank 0's parameters and buffers: one model per evaluation and per checkpoint.
+
+        Without SyncBatchNorm (CPU/gloo) each rank's BatchNorm running statistics follow its own batches.
+        Safe for training: parameters are equal on every rank already, and evaluations and saves come right
+        after a gradient-synchronising forward, so DDP's next forward broadcasts rank 0's buffers anyway.
+        Once per training position: the save right after an evaluation does not broadcast again."""
+        where = (self.epoch, self.batches_done, self.global_step)  # the same on every rank
+        if where != self._synced_at:
+            broadcast_module_state(self.exp.model)
+            self._synced_at = where
+
     def save(self) -> None:
-        state = self._state()  # collective: every rank takes part
+        # Collective, as is _state(). Training is unchanged: DDP's next forward broadcasts rank 0's buffers anyway.
+        self._sync_model()
+        state = self._state()
         if self.dist.is_main:
             best = self.early_stop["best_epoch"]
             path = ckpt.save_checkpoint(self.cfg.checkpoint_dir, ckpt.checkpoint_name(self.epoch, self.batches_done),
@@ -184,6 +200,7 @@ class Trainer:
     # ---- evaluation ----------------------------------------------------------------------------
     def evaluate(self, epoch: int, scorer) -> Optional[dict]:
         start = time.time()
+        self._sync_model()  # every rank's shard is captioned by the model that rank 0 saves
         preds = predict(self.exp.model, self.exp.test_set, self.dist, self.cfg.DATA.EVAL_BATCH_SIZE,
                         self.cfg.GENERATION, self.cfg.DATA.NUM_WORKERS, self.amp_dtype)
         metrics = None
