@@ -19,6 +19,7 @@ from engine.config import GenerationConfig
 from engine.distributed import DistInfo, all_gather_objects
 from engine.experiment import move_batch
 from models.motion2text import MotionToText
+from models.projection import token_spread
 
 log = logging.getLogger("motion2text")
 
@@ -50,6 +51,46 @@ def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_siz
     if len(merged) != len(dataset):
         raise RuntimeError(f"evaluation produced {len(merged)} predictions for {len(dataset)} clips")
     return dict(sorted(merged.items()))
+
+
+@torch.no_grad()
+def motion_token_stats(model: MotionToText, dataset: EvalDataset, device: torch.device, batch_size: int,
+                       max_clips: int = 256) -> dict[str, float]:
+    """Collapse figures on up to `max_clips` evaluation clips (eval mode): the spread of T5's input tokens
+    across clips (models.projection.token_spread) and the fraction of the projection's ReLU units that are
+    zero for every token ("dead"). Empty with fewer than 2 clips."""
+    n = min(len(dataset), max_clips)
+    if n < 2:
+        return {}
+    relus = [m for m in model.projection.mlp if isinstance(m, torch.nn.ReLU)]
+    alive = [None] * len(relus)
+
+    def record(i):
+        def hook(module, args, out):
+            fired = (out > 0).flatten(0, -2).any(0)
+            alive[i] = fired if alive[i] is None else alive[i] | fired
+        return hook
+
+    handles = [r.register_forward_hook(record(i)) for i, r in enumerate(relus)]
+    was_training = model.training
+    model.eval()
+    try:
+        parts = []
+        for start in range(0, n, batch_size):
+            batch = move_batch(collate([dataset[i] for i in range(start, min(n, start + batch_size))]), device)
+            tokens, token_mask, _, _ = model.encode(batch)
+            parts.append((tokens, token_mask))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    width = max(t.shape[1] for t, _ in parts)
+    tokens = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t, _ in parts])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
+    stats = token_spread(tokens, mask)
+    units = torch.cat([a for a in alive if a is not None])
+    stats["dead_units"] = float((~units).float().mean()) if len(units) else 0.0
+    return stats
 
 
 def references_of(dataset: EvalDataset) -> dict[str, list[str]]:

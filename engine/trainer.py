@@ -27,7 +27,7 @@ from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import (DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier,
                                 broadcast_module_state)
-from engine.evaluator import predict, references_of, write_predictions
+from engine.evaluator import motion_token_stats, predict, references_of, write_predictions
 from engine.experiment import Experiment, move_batch
 from engine.logs import TensorBoard
 from metrics.report import BEST_BY
@@ -214,6 +214,14 @@ class Trainer:
                 for k, v in metrics.items():
                     self.tb.scalar(f"metrics/{k}", v, epoch)
                 log.info("epoch %d metrics: %s", epoch, "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            collapse = motion_token_stats(self.exp.model, self.exp.test_set, self.dist.device,
+                                          self.cfg.DATA.EVAL_BATCH_SIZE)
+            for k, v in collapse.items():
+                self.tb.scalar(f"motion/{k}", v, epoch)
+            if collapse:
+                log.info("epoch %d T5 input across clips: cosine %.3f, centred %.3f, spread %.3f; dead projection "
+                         "units %.1f%%", epoch, collapse["cosine"], collapse["centred_cosine"], collapse["spread"],
+                         100 * collapse["dead_units"])
             sample = list(captions.items())[:5]
             self.tb.text("predictions", "\n\n".join(f"**{k}**: {c} — ref: {refs[k][:1]}" for k, c in sample), epoch)
             log.info("epoch %d: %d predictions in %.1fs, e.g. %s: %r", epoch, len(preds), time.time() - start,

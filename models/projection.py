@@ -88,3 +88,25 @@ class Projection(nn.Module):
         if self.token_norm is not None:
             out = self.token_norm(out, token_mask) * token_mask[..., None]
         return out, token_mask
+
+
+@torch.no_grad()
+def token_spread(tokens: torch.Tensor, token_mask: torch.Tensor) -> dict[str, float]:
+    """How much T5's input differs between clips: tokens [B,N,D] of B ≥ 2 clips → mean pairwise cosine of the
+    clips' token vectors (raw, and centred on the mean clip) and spread = mean ‖clip − mean clip‖ / ‖mean clip‖.
+    Fixed-size token sets (TIME_POOL) are compared token by token; variable ones by their mean valid token.
+    A spread near 0 (cosine near 1) means every clip reaches T5 as nearly the same input."""
+    if token_mask.all():
+        x = tokens.flatten(1).float()
+    else:
+        m = token_mask[..., None].to(tokens.dtype)
+        x = ((tokens * m).sum(1) / m.sum(1).clamp(min=1)).float()
+    mean = x.mean(0, keepdim=True)
+    off_diagonal = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+
+    def mean_cosine(v: torch.Tensor) -> float:
+        v = torch.nn.functional.normalize(v, dim=1)
+        return float((v @ v.T)[off_diagonal].mean())
+
+    return {"cosine": mean_cosine(x), "centred_cosine": mean_cosine(x - mean),
+            "spread": float((x - mean).norm(dim=1).mean() / mean.norm().clamp(min=1e-12))}

@@ -298,3 +298,33 @@ def test_word_dropout_replaces_caption_inputs_only_and_matches_t5s_own_shift_whe
         plain = model.t5(inputs_embeds=model.encode(batch)[0], attention_mask=model.encode(batch)[1].long(),
                          labels=labels).loss
         assert torch.equal(model(batch, labels), plain)
+
+
+def test_token_spread_tells_a_shared_offset_from_clips_that_differ():
+    from models.projection import token_spread
+
+    g = torch.Generator().manual_seed(0)
+    offset = torch.randn(1, 22, 16, generator=g) * 10
+    deviation = torch.randn(8, 22, 16, generator=g)
+    mask = torch.ones(8, 22, dtype=torch.bool)
+    collapsed = token_spread(offset + 0.01 * deviation, mask)
+    assert collapsed["cosine"] > 0.99 and collapsed["spread"] < 0.01
+    assert collapsed["centred_cosine"] < 0.1  # centred, the clips are as different as random vectors
+    spread = token_spread(offset + 10 * deviation, mask)
+    assert spread["cosine"] < 0.7 and spread["spread"] > 0.5
+
+
+def test_motion_token_stats_counts_projection_units_that_never_fire():
+    from dataloaders.datasets import EvalDataset
+    from engine.evaluator import motion_token_stats
+
+    model = tiny_model(tiny_config())
+    clips = [{"video_name": f"c{i}", "coordinates": random_clip(6 + i, seed=i)} for i in range(5)]
+    dataset = EvalDataset(clips)
+    before = motion_token_stats(model, dataset, torch.device("cpu"), batch_size=2)
+    assert set(before) == {"cosine", "centred_cosine", "spread", "dead_units"}
+    with torch.no_grad():
+        model.projection.mlp[5].bias[:256] = -1e6  # half the second layer's units (a quarter of all) never fire
+    after = motion_token_stats(model, dataset, torch.device("cpu"), batch_size=2)
+    assert after["dead_units"] > before["dead_units"] and after["dead_units"] >= 0.25
+    assert model.training  # the mode is restored
