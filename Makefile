@@ -38,34 +38,29 @@ bench: .venv/.installed
 	$(PY) bench/run.py
 
 # Real boxing data (../shared/data/bx). Without BX_TEST: train BX_CFG on the random validation split (persons
-# seen in training, as RETRIEVAL.EXCLUDE CLIP assumes), score its validation clips next to the baselines.
-# With BX_TEST=path/to/test.pkl: train on the whole BX training file (into $(BX_CFG)_full) and score on that
-# labelled file. For new persons: BX_CFG=results/bx_no_retrieval BX_EPOCHS=8 (README).
+# seen in training, as RETRIEVAL.EXCLUDE CLIP assumes), score its validation clips next to the baselines and
+# the motion control. With BX_TEST=path/to/test.pkl [BX_TRAIN=path/to/train.pkl]: tools/bx_test.py finds
+# whether the test persons are seen in BX_TRAIN or new, trains the setting recommended for that situation
+# (BX_CFG / BX_EPOCHS given on the command line override it) and scores the test file once, with the
+# baselines and the motion control.
 BX := ../shared/data/bx
 BX_TEST ?=
+BX_TRAIN ?= $(BX)/BX_train.pkl
 BX_CFG ?= results/bx_finetune
-# Epochs for the whole-file run: the median early-stopped epoch of bx_finetune's random-split runs (40, 32,
-# 32 in the README table); the test file is scored once, at that last epoch.
-BX_EPOCHS ?= 32
-BX_FULL := LOGDIR=$(BX_CFG)_full DATA.TRAIN=$(BX)/BX_train.pkl DATA.TEST=$(abspath $(BX_TEST)) \
-	OPTIMIZER.MAX_EPOCH=$(BX_EPOCHS) EVAL.EARLY_STOP_PATIENCE=0 EVAL.METRIC_PERIOD=$(BX_EPOCHS) TRAIN.SANITY_EVAL=false
+BX_EPOCHS ?=
+given = $(filter command line environment,$(origin $(1)))
 
 data/splits/bx_person_train.pkl: dataloaders/splits.py | .venv/.installed
 	$(PY) -m dataloaders.splits --data $(BX)/BX_train.pkl --out data/splits --name bx
 
-# One process with 2 threads: the global batch of 4 that the README table was measured with (torchrun with
-# N processes would train with batch 4 × N).
-BX_TRAIN := OMP_NUM_THREADS=2 $(PY) train_t5_stagcn.py
-
 bx: .venv/.installed data/splits/bx_person_train.pkl
 ifeq ($(BX_TEST),)
-	$(BX_TRAIN) --cfg_file $(BX_CFG)/config.yaml
+	OMP_NUM_THREADS=2 $(PY) train_t5_stagcn.py --cfg_file $(BX_CFG)/config.yaml
 	$(PY) evaluate.py --exp $(BX_CFG) --baselines
 	$(PY) evaluate.py --exp $(BX_CFG) --checkpoint best --motion-control
 else
-	$(BX_TRAIN) --cfg_file $(BX_CFG)/config.yaml --set $(BX_FULL)
-	$(PY) evaluate.py --exp $(BX_CFG) --set $(BX_FULL) --baselines
-	$(PY) evaluate.py --exp $(BX_CFG) --set $(BX_FULL) --checkpoint latest --motion-control
+	$(PY) tools/bx_test.py --test $(BX_TEST) --train $(BX_TRAIN) $(if $(call given,BX_CFG),--cfg $(BX_CFG)) \
+		$(if $(BX_EPOCHS),--epochs $(BX_EPOCHS))
 endif
 
 # Cross-validation grouped by person: BX_FOLDS person-disjoint folds of the BX training file (10 persons → 2
@@ -79,7 +74,7 @@ BX_TAG ?=
 bx-cv: .venv/.installed
 	$(PY) -m dataloaders.splits --data $(BX)/BX_train.pkl --out data/splits --name bx --folds $(BX_FOLDS)
 	$(PY) tools/bx_cv.py $(BX_CFG) --folds $(BX_FOLDS) --jobs $(BX_JOBS) \
-		$(if $(filter command line environment,$(origin BX_EPOCHS)),--epochs $(BX_EPOCHS)) \
+		$(if $(BX_EPOCHS),--epochs $(BX_EPOCHS)) \
 		$(if $(BX_TAG),--tag $(BX_TAG)) $(if $(BX_SET),--set $(BX_SET))
 
 # The README's BX table: the recommended setting and the model without retrieval with 3 seeds each, and each
