@@ -329,10 +329,14 @@ def test_accumulated_gradient_is_the_mean_over_its_micro_batches_even_for_a_shor
         trainer.global_step += 1
 
     trainer._optimizer_step = record_step
+    # BatchNorm running statistics move with every training forward, and a branch-1 reference is encoded with
+    # them (eval mode): replay the batches from the same statistics.
+    buffers = {k: v.clone() for k, v in exp.model.state_dict().items() if "running" in k or "num_batches" in k}
     trainer._train_epoch()
     trainer.tb.close()
     assert len(seen) == 2
 
+    exp.model.load_state_dict(buffers, strict=False)
     trainer.sampler.set_epoch(1)
     single = []
     for batch in trainer.loader:  # the same batches, one backward each
