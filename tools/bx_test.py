@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from engine.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 # situation → (config folder, epochs); the evidence for each is in README "Real coaching data".
-RECOMMENDED = {"seen": ("results/bx_finetune", 32), "new": ("results/bx_no_retrieval", 8)}
+RECOMMENDED = {"seen": ("results/bx_finetune", 32), "new": ("results/bx_new_persons", 8)}
 
 
 def situation(train_clips: list[dict], test_clips: list[dict]) -> tuple[str, set[str], set[str]]:
