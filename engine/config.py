@@ -30,8 +30,8 @@ class TaskConfig:
 class TransformationConfig:
     REDUCTION_POLICY: Literal["TIME_POOL", "SKELETON_POOL", "ORIGIN"] = "TIME_POOL"
     PROJECTION_DROPOUT: float = 0.1
-    # Standardise motion tokens across clips per joint (+ a learned joint embedding) before the projection:
-    # not in the original; keeps what differs between clips from drowning in each joint's shared offset.
+    # Standardise T5's input tokens (the projection's output) across clips per joint, + a learned joint
+    # embedding: not in the original; keeps what differs between clips from drowning in each joint's offset.
     TOKEN_NORM: bool = False
 
 

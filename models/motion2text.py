@@ -134,9 +134,8 @@ class MotionToText(nn.Module):
     def noisy_decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
         """The teacher-forced decoder inputs (labels shifted right after the start token, pads as <pad>) with
         each caption token replaced by <unk> with probability WORD_DROPOUT; the start token and prompt stay."""
-        cfg, tok = self.t5.config, self.codec.tokenizer
-        inputs = torch.cat([labels.new_full((labels.shape[0], 1), cfg.decoder_start_token_id), labels[:, :-1]], 1)
-        inputs = inputs.masked_fill(inputs == -100, tok.pad_token_id)
+        tok = self.codec.tokenizer
+        inputs = self.t5.prepare_decoder_input_ids_from_labels(labels=labels)  # T5's own shift right
         caption = torch.arange(inputs.shape[1], device=inputs.device) > len(self.codec.prompt_ids)
         drop = (torch.rand(inputs.shape, device=inputs.device) < self.word_dropout) & caption & (inputs != tok.pad_token_id)
         return inputs.masked_fill(drop, tok.unk_token_id)

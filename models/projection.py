@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataloaders.features import N_JOINTS
+
 POLICIES = ("TIME_POOL", "SKELETON_POOL", "ORIGIN")
-NUM_JOINTS = 22
 
 
 def reduce_tokens(emb: torch.Tensor, frame_mask: torch.Tensor, policy: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +41,7 @@ class TokenNorm(nn.Module):
         super().__init__()
         self.policy = policy
         self.per_joint = policy != "SKELETON_POOL"
-        joints = NUM_JOINTS if self.per_joint else 1
+        joints = N_JOINTS if self.per_joint else 1
         self.norm = nn.BatchNorm1d(joints * channels, affine=False)
         self.joint_embedding = nn.Parameter(torch.zeros(joints, channels))
 
@@ -55,7 +56,7 @@ class TokenNorm(nn.Module):
             out = tokens.clone()
             out[token_mask] = self._normalise(tokens[token_mask])
             return out + self.joint_embedding
-        V = NUM_JOINTS
+        V = N_JOINTS
         frames = tokens.view(B * (N // V), V * C)  # one row per clip (TIME_POOL) or per frame (ORIGIN)
         valid = token_mask.view(B * (N // V), V)[:, 0]
         out = frames.clone()
@@ -105,7 +106,7 @@ def token_spread(tokens: torch.Tensor, token_mask: torch.Tensor) -> dict[str, fl
     off_diagonal = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
 
     def mean_cosine(v: torch.Tensor) -> float:
-        v = torch.nn.functional.normalize(v, dim=1)
+        v = F.normalize(v, dim=1)
         return float((v @ v.T)[off_diagonal].mean())
 
     return {"cosine": mean_cosine(x), "centred_cosine": mean_cosine(x - mean),
