@@ -64,9 +64,14 @@ def fold_files(splits: Path, name: str, k: int) -> tuple[Path, Path]:
     return train, val
 
 
+def fixed_epoch_overrides(epochs: int) -> list[str]:
+    """Train exactly `epochs` epochs and score once, at the last: nothing is chosen on the clips scored."""
+    return [f"OPTIMIZER.MAX_EPOCH={epochs}", f"EVAL.METRIC_PERIOD={epochs}", "EVAL.EARLY_STOP_PATIENCE=0",
+            "TRAIN.SANITY_EVAL=false"]
+
+
 def fold_overrides(out: Path, k: int, train: Path, val: Path, epochs: int, seed: int, extra: list[str]) -> list[str]:
-    return [f"LOGDIR={out / f'cv{k}'}", f"DATA.TRAIN={train}", f"DATA.TEST={val}", f"OPTIMIZER.MAX_EPOCH={epochs}",
-            f"EVAL.METRIC_PERIOD={epochs}", "EVAL.EARLY_STOP_PATIENCE=0", "TRAIN.SANITY_EVAL=false",
+    return [f"LOGDIR={out / f'cv{k}'}", f"DATA.TRAIN={train}", f"DATA.TEST={val}", *fixed_epoch_overrides(epochs),
             "RETRIEVAL.EXCLUDE=PERSON", f"SEED={seed}", *extra]
 
 

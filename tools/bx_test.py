@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from engine.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+from tools.bx_cv import fixed_epoch_overrides  # noqa: E402
 
 # situation → (config folder, epochs); the evidence for each is in README "Real coaching data".
 RECOMMENDED = {"seen": ("results/bx_finetune", 32), "new": ("results/bx_new_persons", 8)}
@@ -75,8 +76,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     out = a.out or f"results/bx_test/{Path(cfg).name}"
-    overrides = [f"LOGDIR={out}", f"DATA.TRAIN={train_path}", f"DATA.TEST={test_path}", f"OPTIMIZER.MAX_EPOCH={epochs}",
-                 "EVAL.EARLY_STOP_PATIENCE=0", f"EVAL.METRIC_PERIOD={epochs}", "TRAIN.SANITY_EVAL=false",
+    overrides = [f"LOGDIR={out}", f"DATA.TRAIN={train_path}", f"DATA.TEST={test_path}", *fixed_epoch_overrides(epochs),
                  f"RETRIEVAL.EXCLUDE={'CLIP' if where == 'seen' else 'PERSON'}"]
     py = sys.executable
     run([py, "train_t5_stagcn.py", "--cfg_file", f"{cfg}/config.yaml", "--set", *overrides])
