@@ -45,6 +45,8 @@ class DataConfig:
     NUM_WORKERS: int = 0
     USE_AUGMENTED_LABELS: bool = False  # also train on `augmented_labels` paraphrases
     BUCKET_BY_LENGTH: bool = True  # group clips of similar length into a batch (less padding)
+    MAX_FRAMES: int = 1000  # a longer clip is refused, naming it (memory grows with T; HumanML3D clips <= 196)
+    MAX_LABEL_TOKENS: int = 128  # a longer label is cropped to this many tokens, with a warning naming the clip
 
 
 @dataclass
@@ -261,6 +263,7 @@ def _check_ranges(cfg: Config) -> None:
     positive = {
         "HIDDEN_CHANNEL": cfg.HIDDEN_CHANNEL, "OUT_CHANNEL": cfg.OUT_CHANNEL,
         "DATA.BATCH_SIZE": cfg.DATA.BATCH_SIZE, "DATA.EVAL_BATCH_SIZE": cfg.DATA.EVAL_BATCH_SIZE,
+        "DATA.MAX_FRAMES": cfg.DATA.MAX_FRAMES, "DATA.MAX_LABEL_TOKENS": cfg.DATA.MAX_LABEL_TOKENS,
         "OPTIMIZER.MAX_EPOCH": cfg.OPTIMIZER.MAX_EPOCH, "OPTIMIZER.GRAD_ACCUM_STEPS": cfg.OPTIMIZER.GRAD_ACCUM_STEPS,
         "CHECKPOINT.KEEP_LAST": cfg.CHECKPOINT.KEEP_LAST, "GENERATION.NUM_BEAMS": cfg.GENERATION.NUM_BEAMS,
         "GENERATION.MAX_LENGTH": cfg.GENERATION.MAX_LENGTH, "T5.D_MODEL": cfg.T5.D_MODEL,
