@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError
 
 log = logging.getLogger("motion2text")
 

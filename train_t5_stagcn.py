@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from engine.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError
 
 log = logging.getLogger("motion2text")
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import SEGMENTS, segment_keys, validate_clips
-from engine.errors import UserError
+from common.errors import UserError
 
 PRETRAIN_PROMPT = "Motion Description : "
 FINETUNE_PROMPT = "Motion Instruction : "

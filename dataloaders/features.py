@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import torch
 
-N_JOINTS = 22
-# Parent of each SMPL joint (0-indexed, pelvis -1); models/graph.py builds the skeleton graph from it.
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
+from common.skeleton import N_JOINTS, SMPL_PARENTS
 # Gather index for "the parent of joint j"; the pelvis points at itself so its bone is exactly 0.
 _PARENT_INDEX = torch.tensor([p if p >= 0 else j for j, p in enumerate(SMPL_PARENTS)], dtype=torch.long)
 

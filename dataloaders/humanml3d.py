@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from dataloaders.formats import dump_clips
-from engine.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError
 
 SPLITS = ("train", "val", "test")
 NUM_JOINTS = 22

@@ -46,7 +46,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from engine.errors import UserError
+from common.errors import UserError
 
 
 def padding_fraction(lengths: Sequence[int], batches) -> float:

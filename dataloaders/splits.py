@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from dataloaders.formats import dump_clips, load_clips
-from engine.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError
 
 
 def person_of(video_name: str) -> str:

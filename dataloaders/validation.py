@@ -9,10 +9,10 @@ import numbers
 import numpy as np
 import torch
 
-from engine.errors import UserError
+from common.errors import UserError
+from common.skeleton import COORD_DIM
 
-N_JOINTS = 22
-WIDTH = 3 * N_JOINTS
+
 SEGMENTS = ("NONE", "GT", "ALIGNED", "ERROR")
 SEGMENT_SUFFIXES = ("start_frame", "end_frame", "std_start_frame", "std_end_frame", "seq_len")
 
@@ -111,7 +111,7 @@ def validate_clips(clips, path, *, require_labels: bool = True, require_motion_t
         if name in seen:
             raise UserError(f"{where}: video_name {name!r} is duplicated (also entry {seen[name]}), expected unique")
         seen[name] = i
-        frames = _check_frames(where, "coordinates", clip["coordinates"], WIDTH)
+        frames = _check_frames(where, "coordinates", clip["coordinates"], COORD_DIM)
         if frames < 2:
             raise UserError(f"{where}: key 'coordinates' has {frames} frame(s), expected at least 2")
         if require_labels or clip.get("labels") is not None:  # optional for inference, but then well-formed

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from engine.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger("motion2text")
 CKPT_RE = re.compile(r"^epoch_(\d{4,})(?:_step_(\d+))?\.pt$")

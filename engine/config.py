@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 import yaml
 
-from engine.errors import UserError
+from common.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

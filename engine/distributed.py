@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from engine.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)

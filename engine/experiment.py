@@ -20,7 +20,7 @@ from dataloaders.retrieval import retrieval_prompts
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import DistInfo, broadcast_object
-from engine.errors import UserError, sample_names
+from common.errors import UserError, sample_names
 from models.motion2text import MotionToText, build_motion2text
 from models.tokenizer import load_pretrained_tokenizer, tokenizer_from_json, train_caption_tokenizer
 

@@ -25,7 +25,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine.config import Config
-from engine.errors import UserError, sample_names
+from common.errors import UserError, sample_names
 from engine.experiment import SIZE_KEYS, check_architecture
 
 log = logging.getLogger("motion2text")

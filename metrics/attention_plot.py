@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from dataloaders.features import N_JOINTS, SMPL_PARENTS
+from common.skeleton import N_JOINTS, SMPL_PARENTS
 from metrics.caption import sanitize_caption
 
 JOINT_NAMES = ("pelvis", "l_hip", "r_hip", "spine1", "l_knee", "r_knee", "spine2", "l_ankle", "r_ankle", "spine3",

@@ -37,7 +37,7 @@ import threading
 import unicodedata
 from typing import Mapping, Sequence
 
-from engine.errors import UserError, sample_names
+from common.errors import UserError, sample_names
 
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 SPICE_KEY = "SPICE"

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Optional
 
-from engine.errors import UserError, sample_names
+from common.errors import UserError, sample_names
 
 RESULTS_RE = re.compile(r"^results_epoch(\d+)\.json$")
 BEST_BY = "CIDEr"

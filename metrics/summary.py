@@ -18,7 +18,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from engine.errors import UserError
+from common.errors import UserError
 
 SEED_SUFFIX = re.compile(r"_s\d+$")
 

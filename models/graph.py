@@ -8,7 +8,7 @@ import numpy as np
 
 # The parent table is already 0-indexed: the original subtracted 1 again and built a wrong skeleton
 # with an edge (-1, 0) (design §7, defect 1). One table serves the graph and the bone features.
-from dataloaders.features import SMPL_PARENTS
+from common.skeleton import SMPL_PARENTS
 SMPL_EDGES = [(child, parent) for child, parent in enumerate(SMPL_PARENTS) if parent >= 0]  # 21
 PELVIS = 0
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataloaders.features import N_JOINTS
+from common.skeleton import N_JOINTS
 
 POLICIES = ("TIME_POOL", "SKELETON_POOL", "ORIGIN")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase, T5Config as HFT5Config, T5ForConditionalGeneration
 
 from engine.config import T5Config
-from engine.errors import UserError
+from common.errors import UserError
 
 
 def build_t5(cfg: T5Config, tokenizer: PreTrainedTokenizerBase) -> T5ForConditionalGeneration:

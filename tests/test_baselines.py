@@ -5,7 +5,7 @@ import torch
 
 from dataloaders.retrieval import label_of_nearest
 from dataloaders.splits import person_folds, person_id, person_of, person_split, random_split
-from engine.errors import UserError
+from common.errors import UserError
 from metrics.baselines import best_constant_captions
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.errors import EXIT_USER_ERROR
+from common.errors import EXIT_USER_ERROR
 from tests.test_evaluate import env, explain
 
 REPO = Path(__file__).resolve().parent.parent

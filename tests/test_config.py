@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from engine.config import REPO_ROOT, load_config, parse_overrides
-from engine.errors import UserError
+from common.errors import UserError
 
 ORIGINAL = {  # every key of the original research config (design §3)
     "HIDDEN_CHANNEL": 32, "OUT_CHANNEL": 128, "BRANCH": 1, "LOGDIR": None, "WEIGHT_PATH": None,

@@ -9,10 +9,11 @@ import torch
 
 from dataloaders.datasets import (FINETUNE_PROMPT, PRETRAIN_PROMPT, EvalDataset, TrainDataset, collate,
                                   load_dataset)
-from dataloaders.features import SMPL_PARENTS, skeleton_features
+from common.skeleton import SMPL_PARENTS
+from dataloaders.features import skeleton_features
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import validate_clips
-from engine.errors import UserError
+from common.errors import UserError
 
 BX = Path(__file__).resolve().parents[1].parent / "shared/data/bx"
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from engine.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError
 
 REPO = Path(__file__).resolve().parent.parent
 EVALUATE = REPO / "evaluate.py"

@@ -11,7 +11,7 @@ import torch
 from dataloaders import humanml3d
 from dataloaders.formats import dumps_clips
 from dataloaders.humanml3d import convert, main
-from engine.errors import UserError
+from common.errors import UserError
 
 
 def motion(frames, offset=0.0):

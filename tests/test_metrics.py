@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from engine.errors import UserError
+from common.errors import UserError
 from metrics import caption
 from metrics.caption import METRIC_KEYS, CaptionScorer, sanitize_caption
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import EXIT_USER_ERROR, UserError
+from common.errors import EXIT_USER_ERROR, UserError
 from tests.cli_helpers import (REPO, TRAIN_SCRIPT, captured_log, checkpoint_files, cli_env, explain, kill_group, load_final,
                                max_param_diff, read_json, run, run_train, tiny_data, torchrun_cmd, train_cmd,
                                write_experiment)

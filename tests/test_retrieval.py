@@ -4,7 +4,7 @@ import torch
 
 from dataloaders.datasets import EvalDataset, TrainDataset, collate
 from dataloaders.retrieval import SEPARATOR, nearest_training_clips, retrieval_prompts
-from engine.errors import UserError
+from common.errors import UserError
 from models.motion2text import pack_sequences
 from tests.helpers import make_batch, random_clip, take, tiny_config, tiny_model
 from tests.test_baselines import clip

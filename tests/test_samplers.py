@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from dataloaders.samplers import BucketedDistributedSampler, ShardedEvalSampler, padding_fraction
-from engine.errors import UserError
+from common.errors import UserError
 
 
 def hml_lengths(n, seed=0):

@@ -194,7 +194,7 @@ def test_finetune_loads_pretrained_weights_except_the_projection(baseline_1p, da
     (["T5.NAME=t5-small"], "T5.NAME"),  # a hub T5 with its own tokenizer vs the config-built one
 ])
 def test_finetune_with_another_model_size_is_a_clear_error(baseline_1p, data, tmp_path, overrides, key):
-    from engine.errors import UserError
+    from common.errors import UserError
 
     cfg = write_experiment(tmp_path / "ft", data, pretrain=False, WEIGHT_PATH=str(baseline_1p / "pretrain_checkpoints"))
     with pytest.raises(UserError, match=key.replace(".", r"\.") + "="):
@@ -203,7 +203,7 @@ def test_finetune_with_another_model_size_is_a_clear_error(baseline_1p, data, tm
 
 def test_finetune_from_a_foreign_or_config_less_checkpoint_is_a_clear_error(baseline_1p, data, tmp_path):
     from engine.checkpoint import save_checkpoint
-    from engine.errors import UserError
+    from common.errors import UserError
 
     state = load_final(baseline_1p / "pretrain_checkpoints")
     cfg = write_experiment(tmp_path / "ft", data, pretrain=False, WEIGHT_PATH=str(tmp_path / "w" / "epoch_0001.pt"))

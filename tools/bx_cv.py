@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+from common.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 
 # Keys each fold's command sets; a --set of one of them would silently break the protocol.
 RUNNER_KEYS = ("LOGDIR", "DATA.TRAIN", "DATA.TEST", "OPTIMIZER.MAX_EPOCH", "EVAL.METRIC_PERIOD",

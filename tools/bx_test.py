@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+from common.errors import EXIT_USER_ERROR, UserError  # noqa: E402
 from tools.bx_cv import fixed_epoch_overrides  # noqa: E402
 
 # situation → (config folder, epochs); the evidence for each is in README "Real coaching data".
