@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from common.errors import EXIT_USER_ERROR, UserError
+from common.errors import UserError, exits_on_user_error
 
 log = logging.getLogger("motion2text")
 
@@ -307,6 +307,7 @@ def motion_control(a, cfg, model, clips, segment, scorer, device, path: Path, da
     return 0
 
 
+@exits_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
@@ -314,19 +315,15 @@ def main(argv=None) -> int:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
-    try:
-        check_args(args)
-        if args.summary:
-            return summarize_runs(args)
-        if args.pred:
-            return score_predictions_file(args)
-        from engine.config import load_config  # heavy imports after parsing: --help answers at once
+    check_args(args)
+    if args.summary:
+        return summarize_runs(args)
+    if args.pred:
+        return score_predictions_file(args)
+    from engine.config import load_config  # heavy imports after parsing: --help answers at once
 
-        cfg = load_config(config_path(args.exp), args.set)
-        return run_checkpoint(args, cfg) if args.checkpoint else score_experiment(args, cfg)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    cfg = load_config(config_path(args.exp), args.set)
+    return run_checkpoint(args, cfg) if args.checkpoint else score_experiment(args, cfg)
 
 
 if __name__ == "__main__":

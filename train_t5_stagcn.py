@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from common.errors import EXIT_USER_ERROR, UserError
+from common.errors import UserError, exits_on_user_error
 
 log = logging.getLogger("motion2text")
 
@@ -39,17 +39,14 @@ def check_logdir(logdir) -> None:
                         "(default: the folder holding config.yaml)")
 
 
+@exits_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
     # The config is checked before the heavy imports (torch, transformers: seconds): `--help` and config
     # errors answer at once.
     from engine.config import load_config
 
-    try:
-        cfg = load_config(args.cfg_file, args.set)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    cfg = load_config(args.cfg_file, args.set)
 
     from engine.config import save_config
     from engine.distributed import init_distributed, shutdown
@@ -89,9 +86,6 @@ def main(argv=None) -> int:
         trainer.fit(scorer if dist.is_main else None)
         log.info("done: checkpoints in %s, predictions in %s", cfg.checkpoint_dir, logdir / "jsons")
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except StopRequested as e:
         log.warning("%s", e)
         return 1

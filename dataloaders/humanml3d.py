@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from dataloaders.formats import dump_clips
-from common.errors import EXIT_USER_ERROR, UserError
+from common.errors import UserError, exits_on_user_error
 
 SPLITS = ("train", "val", "test")
 NUM_JOINTS = 22
@@ -241,6 +241,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@exits_on_user_error
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dataloaders.humanml3d", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="HumanML3D release folder (new_joints/, texts/, train.txt, ...)")
@@ -253,16 +254,12 @@ def main(argv=None) -> int:
                         help="skip (and count) clips shorter than this (default 2; text2motion uses 40)")
     parser.add_argument("--fps", type=float, default=20.0, help="frame rate of new_joints (default 20)")
     args = parser.parse_args(argv)
-    try:
-        clips, summary = convert(args.root, args.split, mirrors=args.mirrors, max_frames=args.max_frames,
-                                 fps=args.fps, min_frames=args.min_frames)
-        if not clips:
-            print(format_summary(summary))
-            raise UserError(f"{args.root}: no clip of split {args.split!r} survived conversion (see summary)")
-        dump_clips(clips, args.out)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    clips, summary = convert(args.root, args.split, mirrors=args.mirrors, max_frames=args.max_frames,
+                             fps=args.fps, min_frames=args.min_frames)
+    if not clips:
+        print(format_summary(summary))
+        raise UserError(f"{args.root}: no clip of split {args.split!r} survived conversion (see summary)")
+    dump_clips(clips, args.out)
     print(format_summary(summary))
     print(f"wrote {len(clips)} clips to {args.out}")
     return 0

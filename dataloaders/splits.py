@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from dataloaders.formats import dump_clips, load_clips
-from common.errors import EXIT_USER_ERROR, UserError
+from common.errors import UserError, exits_on_user_error
 
 
 def person_of(video_name: str) -> str:
@@ -92,6 +92,7 @@ def write_folds(clips: list[dict], out: Path, name: str, k: int, seed: int) -> N
               f"→ {out / f'{name}_cv{f}_{{train,val}}.pkl'}")
 
 
+@exits_on_user_error
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dataloaders.splits", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="labelled training file to split")
@@ -102,27 +103,23 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=0,
                     help="K > 0: write K person-disjoint cross-validation folds instead of the two splits")
     args = ap.parse_args(argv)
-    try:
-        if not 0 < args.val_fraction < 1:
-            raise UserError(f"--val-fraction {args.val_fraction}: expected a value in (0, 1)")
-        if args.folds < 0 or args.folds == 1:
-            raise UserError(f"--folds {args.folds}: expected 0 (the two splits) or at least 2")
-        clips = load_clips(args.data)
-        if args.folds:
-            write_folds(clips, Path(args.out), args.name, args.folds, args.seed)
-            return 0
-        for kind, split in (("random", random_split), ("person", person_split)):
-            train, val = split(clips, args.val_fraction, args.seed)
-            for part, subset in (("train", train), ("val", val)):
-                path = Path(args.out) / f"{args.name}_{kind}_{part}.pkl"
-                dump_clips(subset, path)
-            persons = {person_of(c["video_name"]) for c in val}
-            print(f"{kind}: {len(train)} train / {len(val)} val clips ({len(persons)} persons in val) "
-                  f"→ {Path(args.out) / f'{args.name}_{kind}_{{train,val}}.pkl'}")
+    if not 0 < args.val_fraction < 1:
+        raise UserError(f"--val-fraction {args.val_fraction}: expected a value in (0, 1)")
+    if args.folds < 0 or args.folds == 1:
+        raise UserError(f"--folds {args.folds}: expected 0 (the two splits) or at least 2")
+    clips = load_clips(args.data)
+    if args.folds:
+        write_folds(clips, Path(args.out), args.name, args.folds, args.seed)
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    for kind, split in (("random", random_split), ("person", person_split)):
+        train, val = split(clips, args.val_fraction, args.seed)
+        for part, subset in (("train", train), ("val", val)):
+            path = Path(args.out) / f"{args.name}_{kind}_{part}.pkl"
+            dump_clips(subset, path)
+        persons = {person_of(c["video_name"]) for c in val}
+        print(f"{kind}: {len(train)} train / {len(val)} val clips ({len(persons)} persons in val) "
+              f"→ {Path(args.out) / f'{args.name}_{kind}_{{train,val}}.pkl'}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -828,3 +828,13 @@ def test_disk_full_during_training_stops_with_exit_2_and_one_line(data, tmp_path
                       f"the previous checkpoints in {ckpts} are intact"]
     assert sorted(p.name for p in ckpts.iterdir()) == ["epoch_0001.pt", "epoch_0001.pt.sha256"]
     assert load_final(ckpts)["epoch"] == 1
+
+
+def test_bad_config_under_torchrun_prints_one_error_line(data, tmp_path):
+    """Every rank reads the same bad key; the user sees the one-line error once (rank 0), not once per rank."""
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"LRR": 1e-3})
+    res = run_train(cfg, nproc=2)
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, explain(res)
+    assert "OPTIMIZER.LRR" in lines[0] and "did you mean OPTIMIZER.LR" in lines[0]

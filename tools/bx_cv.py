@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+from common.errors import UserError, exits_on_user_error  # noqa: E402
 
 # Keys each fold's command sets; a --set of one of them would silently break the protocol.
 RUNNER_KEYS = ("LOGDIR", "DATA.TRAIN", "DATA.TEST", "OPTIMIZER.MAX_EPOCH", "EVAL.METRIC_PERIOD",
@@ -195,43 +195,40 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+@exits_on_user_error
 def main(argv=None) -> int:
     a = parse_args(argv)
-    try:
-        from engine.config import load_config
-        from metrics.report import write_json
+    from engine.config import load_config
+    from metrics.report import write_json
 
-        cfg_dir = Path(a.config)
-        cfg_file = cfg_dir / "config.yaml" if cfg_dir.is_dir() else cfg_dir
-        if a.jobs < 1 or a.folds < 2:
-            raise UserError(f"--jobs {a.jobs} / --folds {a.folds}: expected jobs >= 1 and folds >= 2")
-        clash = [s for s in a.set if s.split("=", 1)[0] in RUNNER_KEYS]
-        if clash:
-            raise UserError(f"--set {' '.join(clash)}: set by the runner for each fold (use --out, --epochs)")
-        cfg = load_config(cfg_file, a.set)  # checks the config and the extra keys before anything runs
-        epochs = a.epochs or cfg.OPTIMIZER.MAX_EPOCH
-        if epochs < 1:
-            raise UserError(f"--epochs {epochs}: expected >= 1")
-        name = cfg_file.resolve().parent.name + (f"_{a.tag}" if a.tag else "")
-        out = Path(a.out).resolve() if a.out else REPO / "results" / "bx_cv" / name
-        folds = [tuple(p.resolve() for p in fold_files(Path(a.splits), a.name, k)) for k in range(a.folds)]
-        out.mkdir(parents=True, exist_ok=True)
-        train_folds(cfg_file.resolve(), out, folds, epochs, a.seed, a.set, a.jobs)
-        results = []
-        for k in range(a.folds):
-            print(f"cv{k}: evaluating (baselines, motion control)", flush=True)
-            results.append(evaluate_fold(out / f"cv{k}", epochs))
-        table, summary = cv_table(results)
-        title = (f"{name}: {a.folds} person folds, {epochs} epochs, seed {a.seed}"
-                 + (f", --set {' '.join(a.set)}" if a.set else ""))
-        (out / "cv_summary.md").write_text(f"{title}\n\n{table}\n", encoding="utf-8")
-        write_json(out / "cv_summary.json", {"config": str(cfg_file), "epochs": epochs, "seed": a.seed,
-                                             "set": a.set, **summary})
-        print(f"{title}\n\n{table}\nwrote {out / 'cv_summary.md'} and {out / 'cv_summary.json'}")
-        return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    cfg_dir = Path(a.config)
+    cfg_file = cfg_dir / "config.yaml" if cfg_dir.is_dir() else cfg_dir
+    if a.jobs < 1 or a.folds < 2:
+        raise UserError(f"--jobs {a.jobs} / --folds {a.folds}: expected jobs >= 1 and folds >= 2")
+    clash = [s for s in a.set if s.split("=", 1)[0] in RUNNER_KEYS]
+    if clash:
+        raise UserError(f"--set {' '.join(clash)}: set by the runner for each fold (use --out, --epochs)")
+    cfg = load_config(cfg_file, a.set)  # checks the config and the extra keys before anything runs
+    epochs = a.epochs or cfg.OPTIMIZER.MAX_EPOCH
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: expected >= 1")
+    name = cfg_file.resolve().parent.name + (f"_{a.tag}" if a.tag else "")
+    out = Path(a.out).resolve() if a.out else REPO / "results" / "bx_cv" / name
+    folds = [tuple(p.resolve() for p in fold_files(Path(a.splits), a.name, k)) for k in range(a.folds)]
+    out.mkdir(parents=True, exist_ok=True)
+    train_folds(cfg_file.resolve(), out, folds, epochs, a.seed, a.set, a.jobs)
+    results = []
+    for k in range(a.folds):
+        print(f"cv{k}: evaluating (baselines, motion control)", flush=True)
+        results.append(evaluate_fold(out / f"cv{k}", epochs))
+    table, summary = cv_table(results)
+    title = (f"{name}: {a.folds} person folds, {epochs} epochs, seed {a.seed}"
+             + (f", --set {' '.join(a.set)}" if a.set else ""))
+    (out / "cv_summary.md").write_text(f"{title}\n\n{table}\n", encoding="utf-8")
+    write_json(out / "cv_summary.json", {"config": str(cfg_file), "epochs": epochs, "seed": a.seed,
+                                         "set": a.set, **summary})
+    print(f"{title}\n\n{table}\nwrote {out / 'cv_summary.md'} and {out / 'cv_summary.json'}")
+    return 0
 
 
 if __name__ == "__main__":

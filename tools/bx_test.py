@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.errors import EXIT_USER_ERROR, UserError  # noqa: E402
+from common.errors import UserError, exits_on_user_error  # noqa: E402
 from tools.bx_cv import fixed_epoch_overrides  # noqa: E402
 
 # situation → (config folder, epochs); the evidence for each is in README "Real coaching data".
@@ -46,6 +46,7 @@ def run(cmd: list[str], threads: int = 2) -> None:
         raise SystemExit(code)
 
 
+@exits_on_user_error
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[2:]))
@@ -55,26 +56,22 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="epochs (default: the recommended number for the situation)")
     ap.add_argument("--out", help="run folder (default results/bx_test/<config name>)")
     a = ap.parse_args(argv)
-    try:
-        from dataloaders.formats import load_clips
+    from dataloaders.formats import load_clips
 
-        train_path, test_path = (Path(p).resolve() for p in (a.train, a.test))
-        for flag, path in (("--train", train_path), ("--test", test_path)):
-            if not path.is_file():
-                raise UserError(f"{flag} {path}: file not found")
-        where, seen, new = situation(load_clips(train_path), load_clips(test_path))
-        cfg, epochs = RECOMMENDED["seen" if where == "seen" else "new"]
-        cfg, epochs = a.cfg or cfg, a.epochs or epochs
-        if epochs < 1:
-            raise UserError(f"--epochs {epochs}: expected >= 1")
-        if not (REPO / cfg / "config.yaml").is_file():
-            raise UserError(f"--cfg {cfg}: no config.yaml there")
-        print(f"situation: {where} — test persons seen in training: {', '.join(sorted(seen)) or 'none'}; "
-              f"new: {', '.join(sorted(new)) or 'none'}")
-        print(f"setting: {cfg}, {epochs} epochs" + (" (recommended for this situation)" if not (a.cfg or a.epochs) else ""))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+    train_path, test_path = (Path(p).resolve() for p in (a.train, a.test))
+    for flag, path in (("--train", train_path), ("--test", test_path)):
+        if not path.is_file():
+            raise UserError(f"{flag} {path}: file not found")
+    where, seen, new = situation(load_clips(train_path), load_clips(test_path))
+    cfg, epochs = RECOMMENDED["seen" if where == "seen" else "new"]
+    cfg, epochs = a.cfg or cfg, a.epochs or epochs
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs}: expected >= 1")
+    if not (REPO / cfg / "config.yaml").is_file():
+        raise UserError(f"--cfg {cfg}: no config.yaml there")
+    print(f"situation: {where} — test persons seen in training: {', '.join(sorted(seen)) or 'none'}; "
+          f"new: {', '.join(sorted(new)) or 'none'}")
+    print(f"setting: {cfg}, {epochs} epochs" + (" (recommended for this situation)" if not (a.cfg or a.epochs) else ""))
     out = a.out or f"results/bx_test/{Path(cfg).name}"
     overrides = [f"LOGDIR={out}", f"DATA.TRAIN={train_path}", f"DATA.TEST={test_path}", *fixed_epoch_overrides(epochs),
                  f"RETRIEVAL.EXCLUDE={'CLIP' if where == 'seen' else 'PERSON'}"]
