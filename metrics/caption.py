@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import atexit
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 import threading
-import unicodedata
 from typing import Mapping, Sequence
 
 from common.errors import UserError, sample_names
+from common.text import sanitize_caption
 
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 SPICE_KEY = "SPICE"
@@ -53,33 +52,6 @@ JAVA_MISSING_MESSAGE = (
 )
 
 _BERTSCORE_MODEL = "roberta-large"  # what bert_score uses for lang="en"
-
-
-# ---- sanitising ----------------------------------------------------------------------------------
-
-_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_PIPES = re.compile(r"\|{3,}")
-
-
-def sanitize_caption(text: str) -> str:
-    """One clean line: control characters, line/paragraph separators and any Unicode space become ' ',
-    invisible format characters (zero-width space, soft hyphen, BOM) are removed, runs of 3+ '|'
-    (METEOR's ``|||`` separator) become ' ', whitespace is collapsed and stripped. May return ''."""
-    if not isinstance(text, str):
-        raise TypeError(f"sanitize_caption expects str, got {type(text).__name__}")
-    if text.isascii():
-        text = _ASCII_CONTROL.sub(" ", text)
-    else:
-        out = []
-        for ch in text:
-            cat = unicodedata.category(ch)
-            if cat in ("Cc", "Cs", "Zl", "Zp", "Zs"):
-                out.append(" ")
-            elif cat != "Cf":
-                out.append(ch)
-        text = "".join(out)
-    text = _PIPES.sub(" ", text)
-    return " ".join(text.split())
 
 
 # ---- input checks --------------------------------------------------------------------------------
