@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import collections
 import io
-import os
 import pickle
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.files import atomic_write_bytes
 
 
 def _safe_rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -194,9 +194,4 @@ def dump_clips(clips: list[dict], path) -> None:
     """Write a dataset file atomically (temp file + rename): a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(dumps_clips(clips))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, dumps_clips(clips))

@@ -19,33 +19,10 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.files import atomic_write_bytes
 
 log = logging.getLogger("motion2text")
 CKPT_RE = re.compile(r"^epoch_(\d{4,})(?:_step_(\d+))?\.pt$")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """temp file in the same folder → fsync → rename → fsync folder. On any error the temp file is
-    removed and the previous file at `path` is untouched."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:

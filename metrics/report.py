@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Mapping, Optional
 
 from common.errors import UserError, sample_names
+from common.files import atomic_write_json
 
 RESULTS_RE = re.compile(r"^results_epoch(\d+)\.json$")
 BEST_BY = "CIDEr"
@@ -162,9 +162,7 @@ def write_json(path: Path, data) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(path, data)
     except OSError as e:
         raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
     return path

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import common.files
 from common.errors import EXIT_USER_ERROR, UserError
 from tests.cli_helpers import (REPO, TRAIN_SCRIPT, captured_log, checkpoint_files, cli_env, explain, kill_group, load_final,
                                max_param_diff, read_json, run, run_train, tiny_data, torchrun_cmd, train_cmd,
@@ -249,7 +250,7 @@ def test_a_save_killed_midway_never_leaves_a_checkpoint_that_counts(tmp_path, ki
                     os.kill(os.getpid(), signal.SIGKILL)
                 real_atomic(path, payload)
 
-            ckpt.open = dying_open
+            common.files.open = dying_open  # the one atomic writer the checkpoint save goes through
             ckpt.atomic_write_bytes = dying_atomic
             ckpt.save_checkpoint(tmp_path, "epoch_0002.pt", {"epoch": 2, "w": torch.ones(256) * 2}, keep_last=3)
         finally:
@@ -786,7 +787,7 @@ def fill_disk_at(monkeypatch, nth_write: int) -> None:
                 return _FullDisk(f, str(file))
         return f
 
-    monkeypatch.setattr(ckpt, "open", open_, raising=False)
+    monkeypatch.setattr(common.files, "open", open_, raising=False)
 
 
 @pytest.mark.parametrize("nth_write, what", [(1, "the checkpoint"), (2, "its digest")])
