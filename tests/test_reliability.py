@@ -35,7 +35,7 @@ from tests.cli_helpers import (REPO, TRAIN_SCRIPT, captured_log, checkpoint_file
                                max_param_diff, read_json, run, run_train, tiny_data, torchrun_cmd, train_cmd,
                                write_experiment)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # subprocess training runs and torchrun
 
 TOL = 1e-6
 EVALUATE = REPO / "evaluate.py"
