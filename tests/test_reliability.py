@@ -775,8 +775,6 @@ class _FullDisk:
 
 def fill_disk_at(monkeypatch, nth_write: int) -> None:
     """Make the nth file opened for writing by engine.checkpoint run out of space."""
-    import engine.checkpoint as ckpt
-
     count = [0]
 
     def open_(file, mode="r", *args, **kwargs):
