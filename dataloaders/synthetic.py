@@ -273,7 +273,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True, help="output folder (created if missing)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    for stem, path in generate(args.out, args.seed).items():
+    for path in generate(args.out, args.seed).values():
         print(f"wrote {path}")
 
 
