@@ -7,7 +7,7 @@ RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_st
 # Config overrides for both demo stages, e.g. make demo DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
 DEMO_SET ?=
 
-.PHONY: test demo clean-demo bench bx bx-experiments bx-cv
+.PHONY: test test-fast lint demo clean-demo bench bx bx-experiments bx-cv
 
 .venv/.installed: requirements.txt
 	test -x .venv/bin/python || python3 -m venv .venv
@@ -17,6 +17,14 @@ DEMO_SET ?=
 
 test: .venv/.installed
 	$(PY) -m pytest -q tests
+
+# The edit-test loop: every test not marked slow (no subprocess training runs, torchrun or Java scoring).
+test-fast: .venv/.installed
+	$(PY) -m pytest -q -m "not slow" tests
+
+# Lint only (settings in pyproject.toml); no formatter.
+lint: .venv/.installed
+	$(PY) -m ruff check .
 
 $(SYN)/train.pkl: dataloaders/synthetic.py | .venv/.installed
 	$(PY) -m dataloaders.synthetic --out $(SYN)
