@@ -320,7 +320,7 @@ def main(argv=None) -> int:
         return summarize_runs(args)
     if args.pred:
         return score_predictions_file(args)
-    from engine.config import load_config  # heavy imports after parsing: --help answers at once
+    from engine.config_loader import load_config  # heavy imports after parsing: --help answers at once
 
     cfg = load_config(config_path(args.exp), args.set)
     return run_checkpoint(args, cfg) if args.checkpoint else score_experiment(args, cfg)

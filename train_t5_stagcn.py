@@ -44,11 +44,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # The config is checked before the heavy imports (torch, transformers: seconds): `--help` and config
     # errors answer at once.
-    from engine.config import load_config
+    from engine.config_loader import load_config
 
     cfg = load_config(args.cfg_file, args.set)
 
-    from engine.config import save_config
+    from engine.config_loader import save_config
     from engine.distributed import init_distributed, shutdown
     from engine.experiment import build_experiment, parameter_counts
     from engine.logs import attach_log_file, setup_logging

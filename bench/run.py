@@ -201,14 +201,14 @@ def caption_corpus(sizes: Sizes, n: int, seed: int = 0) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def bench_tokenizer(sizes: Sizes):
-    from dataloaders.datasets import FINETUNE_PROMPT, PRETRAIN_PROMPT
+    from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
     from models.tokenizer import train_caption_tokenizer
 
     return train_caption_tokenizer(caption_corpus(sizes, 3000) + [PRETRAIN_PROMPT, FINETUNE_PROMPT], sizes.vocab)
 
 
 def bench_config(sizes: Sizes, branch: int):
-    from engine.config import config_from_dict
+    from engine.config_loader import config_from_dict
 
     return config_from_dict({
         "HIDDEN_CHANNEL": sizes.hidden, "OUT_CHANNEL": sizes.out, "BRANCH": branch,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
+# The decoder prefix of every caption: the task is said in words, as in the original.
+PRETRAIN_PROMPT = "Motion Description : "
+FINETUNE_PROMPT = "Motion Instruction : "
+
 _ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PIPES = re.compile(r"\|{3,}")
 

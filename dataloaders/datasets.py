@@ -16,8 +16,6 @@ from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import SEGMENTS, segment_keys, validate_clips
 from common.errors import UserError
 
-PRETRAIN_PROMPT = "Motion Description : "
-FINETUNE_PROMPT = "Motion Instruction : "
 
 
 def _segment(clip: dict, segment: str) -> Optional[tuple[int, int]]:

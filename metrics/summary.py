@@ -24,7 +24,7 @@ SEED_SUFFIX = re.compile(r"_s\d+$")
 
 
 def _run_config(run: Path):
-    from engine.config import load_config
+    from engine.config_loader import load_config
 
     path = run / "config_resolved.yaml"
     if not path.is_file():

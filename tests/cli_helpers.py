@@ -100,7 +100,7 @@ def one_cpu_process():
 
 def build_in_process(cfg_file: Path, overrides=()):
     """engine.experiment.build_experiment for a config file, in this process (data, tokenizer, weights)."""
-    from engine.config import load_config
+    from engine.config_loader import load_config
     from engine.experiment import build_experiment
 
     return build_experiment(load_config(cfg_file, list(overrides)), one_cpu_process())

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import Config, config_from_dict
+from engine.config import Config
+from engine.config_loader import config_from_dict
 from models.motion2text import MotionToText, build_motion2text
 from models.tokenizer import train_caption_tokenizer
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dataloaders.datasets import (FINETUNE_PROMPT, PRETRAIN_PROMPT, EvalDataset, TrainDataset, collate,
-                                  load_dataset)
+from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
+from dataloaders.datasets import EvalDataset, TrainDataset, collate, load_dataset
 from common.skeleton import SMPL_PARENTS
 from dataloaders.features import skeleton_features
 from dataloaders.formats import load_clips, load_standards

@@ -308,7 +308,7 @@ def test_checkpoint_best_skips_epochs_without_checkpoint(tmp_path):
     """best = highest CIDEr in metrics.json whose checkpoint still exists and is intact; else a clear error."""
     import hashlib
 
-    from engine.config import config_from_dict
+    from engine.config_loader import config_from_dict
     from engine.inference import resolve_checkpoint
 
     cfg = config_from_dict({"TASK": {"PRETRAIN": False}, "DATA": {"TRAIN": "x.pkl", "TEST": "y.pkl"}}, tmp_path)
@@ -373,7 +373,7 @@ def test_report_helpers():
 
 def fake_run(folder: Path, data: dict, seed: int, cider_by_epoch: dict, patience: int = 0) -> Path:
     """A finished-run folder as training leaves it: config_resolved.yaml and jsons/metrics_epoch*.json."""
-    from engine.config import config_from_dict, save_config
+    from engine.config_loader import config_from_dict, save_config
     from metrics.caption import METRIC_KEYS
 
     cfg = config_from_dict({"SEED": seed, "DATA": {"TRAIN": str(data["train"]), "TEST": str(data["test"])},

@@ -110,7 +110,7 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     from dataloaders.formats import load_clips
     from dataloaders.splits import person_of
     from engine import checkpoint as ckpt
-    from engine.config import load_config
+    from engine.config_loader import load_config
     from engine.inference import default_device, load_inference_clips, load_model, load_standards_for
     from metrics.baselines import score_baselines
     from metrics.caption import CaptionScorer
@@ -198,7 +198,7 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
 @exits_on_user_error
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from engine.config import load_config
+    from engine.config_loader import load_config
     from metrics.report import write_json
 
     cfg_dir = Path(a.config)
