@@ -1,6 +1,8 @@
 """Check loaded clips once, where they enter, so a bad sample fails with its name, not deep in a model.
 
 Every message names the file, the entry index, its video_name, the key and what was expected.
+Labels are checked as the scorer will see them (after `sanitize_caption`), so a label that passes here
+can be scored.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 from common.errors import UserError
 from common.skeleton import COORD_DIM
+from common.text import sanitize_caption
 
 
 SEGMENTS = ("NONE", "GT", "ALIGNED", "ERROR")
@@ -22,7 +25,8 @@ def segment_keys(segment: str) -> list[str]:
     return [f"{segment.lower()}_{s}" for s in SEGMENT_SUFFIXES]
 
 
-def _where(path, i, clip) -> str:
+def entry_where(path, i, clip) -> str:
+    """'path: entry i (video_name 'x')', the prefix of every message about one clip."""
     name = clip.get("video_name") if isinstance(clip, dict) else None
     return f"{path}: entry {i} (video_name {name!r})" if isinstance(name, str) else f"{path}: entry {i}"
 
@@ -40,6 +44,9 @@ def _check_strings(where, key, value, allow_empty_list):
         if not isinstance(s, str) or not s.strip():
             got = "empty" if isinstance(s, str) else f"a {type(s).__name__}"
             raise UserError(f"{where}: key {key!r} item {j} is {got}, expected a non-empty string")
+        if not sanitize_caption(s):
+            raise UserError(f"{where}: key {key!r} item {j} is {s[:40]!r}, which the scorer's caption cleaning "
+                            "(common.text.sanitize_caption) reduces to nothing; expected visible text")
 
 
 def _check_frames(where, key, x, width=None) -> int:
@@ -96,7 +103,7 @@ def validate_clips(clips, path, *, require_labels: bool = True, require_motion_t
     seen: dict[str, int] = {}
     sub_width = None  # (C, entry index) of the first subtraction tensor
     for i, clip in enumerate(clips):
-        where = _where(path, i, clip)
+        where = entry_where(path, i, clip)
         if not isinstance(clip, dict):
             raise UserError(f"{where}: is a {type(clip).__name__}, expected a dict")
         required = ["video_name", "coordinates"] + (["labels"] if require_labels else [])
