@@ -3,12 +3,19 @@
 The released pickles hold torch tensors, which plain pickle rebuilds through
 `torch.storage._load_from_bytes` -> `torch.load(weights_only=False)`: a downloaded file could run any code.
 We unpickle with a whitelist of globals and load every embedded storage with `weights_only=True`.
+
+Sizes are checked before anything is copied: a tensor may not declare more values than its file stores
+(a broadcast view of one number can declare [1e9, 66], 264 GB once copied); with `max_frames`
+(config key DATA.MAX_FRAMES) a longer 'coordinates'/'subtraction' is refused; a `.npy` header's dtype,
+frames and size are checked before its data is read, and a `.npy` is never unpickled.
 """
 from __future__ import annotations
 
 import codecs
 import collections
 import io
+import math
+import os
 import pickle
 from pathlib import Path
 
@@ -17,6 +24,8 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write_bytes
+from common.skeleton import COORD_DIM
+from dataloaders.validation import entry_where, validate_clips
 
 
 def _safe_rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
@@ -102,23 +111,94 @@ def _read_pickle(path: Path):
         return SafeUnpickler(f, path).load()
 
 
-def _to_float_tensor(x, path, i, key, clip):
-    if isinstance(x, torch.Tensor) and x.dtype == torch.float32:
-        return x.detach().contiguous()
+def _expected(key) -> str:
+    return f"a float array [frames, {COORD_DIM if key == 'coordinates' else 'C'}]"
+
+
+def _check_backed_by_data(x: torch.Tensor, where, key) -> None:
+    """Refuse a tensor that declares more values than its storage holds (a stride-0 or overlapping view):
+    copying it would allocate its declared size, however small the file."""
+    stored = x.untyped_storage().nbytes() - x.storage_offset() * x.element_size()
+    declared = x.numel() * x.element_size()
+    if declared > stored:
+        raise UserError(f"{where}: key {key!r} declares shape {list(x.shape)} ({declared / 1e9:.3g} GB of "
+                        f"{x.dtype}) but the file stores {stored} bytes for it (a broadcast/stride-0 view); "
+                        f"expected {_expected(key)} saved with .contiguous()")
+
+
+def _as_real_array(x, where, key):
+    """`x` as a tensor or numpy array of real numbers (float or int), not yet copied or converted."""
+    if isinstance(x, torch.Tensor):
+        if not (x.is_complex() or x.dtype == torch.bool):
+            return x.detach()
+        dtype = x.dtype
+    else:
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:  # ragged nested lists
+            raise UserError(f"{where}: key {key!r} is {type(x).__name__}, expected {_expected(key)} "
+                            f"({_first_line(e)})") from None
+        if x.dtype.kind in "fiu":
+            return x
+        dtype = x.dtype
+    raise UserError(f"{where}: key {key!r} has dtype {dtype}, expected {_expected(key)} of real numbers "
+                    "(float or int; complex, bool, text and objects are refused)")
+
+
+def _check_frame_limit(frames: int, max_frames, where, key) -> None:
+    if max_frames is not None and frames > max_frames:
+        raise UserError(f"{where}: key {key!r} has {frames} frames, more than DATA.MAX_FRAMES={max_frames} "
+                        "(memory grows with the frames); crop or split the clip, or raise DATA.MAX_FRAMES "
+                        "in the config")
+
+
+def _to_float_tensor(x, where, key, max_frames) -> torch.Tensor:
+    x = _as_real_array(x, where, key)
+    if x.ndim >= 1:
+        _check_frame_limit(int(x.shape[0]), max_frames, where, key)
     try:
-        return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x.detach(),
-                               dtype=torch.float32).contiguous()
-    except (TypeError, ValueError, RuntimeError) as e:
-        name = clip.get("video_name")
-        raise UserError(f"{path}: entry {i} (video_name {name!r}): key {key!r} is {type(x).__name__}, "
-                        f"expected a float array [frames, {66 if key == 'coordinates' else 'C'}] "
+        return torch.as_tensor(x, dtype=torch.float32).contiguous()  # no copy if already float32
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. float128 or big-endian arrays
+        raise UserError(f"{where}: key {key!r} has dtype {x.dtype}, expected {_expected(key)} "
                         f"({_first_line(e)})") from None
 
 
-def load_clips(path) -> list[dict]:
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_npy(path: Path, max_frames) -> np.ndarray:
+    """One clip's array; its header (dtype, frames, size against the file) is checked before the data
+    is read, so a 100-byte file cannot ask for gigabytes. Never unpickles."""
+    with open(path, "rb") as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise UserError(f"{path}: not a plain .npy array (no NumPy header; a pickle renamed .npy?): .npy clips "
+                            "are never unpickled; save the array with numpy.save, or give a .pkl dataset file")
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADER_READERS:
+            raise UserError(f"{path}: .npy format version {version[0]}.{version[1]}, expected 1.0 or 2.0 "
+                            "(what numpy.save writes for a numeric array)")
+        shape, fortran_order, dtype = _NPY_HEADER_READERS[version](f)
+        if dtype.kind not in "fiu":
+            raise UserError(f"{path}: .npy array has dtype {dtype}, expected {_expected('coordinates')} of real "
+                            "numbers (float or int; complex, bool, text and objects are refused)")
+        if shape:
+            _check_frame_limit(int(shape[0]), max_frames, str(path), "coordinates")
+        count = math.prod(shape)
+        available = os.fstat(f.fileno()).st_size - f.tell()
+        if count * dtype.itemsize > available:
+            raise UserError(f"{path}: .npy header declares shape {list(shape)} ({count * dtype.itemsize} bytes) "
+                            f"but the file holds {available} bytes of data; expected a complete numpy.save file")
+        data = np.fromfile(f, dtype=dtype, count=count)
+    return data.reshape(shape, order="F" if fortran_order else "C")
+
+
+def load_clips(path, max_frames: int | None = None) -> list[dict]:
     """Clips of a `.pkl`/`.pt`/`.pth`/`.npy` file as a list of dicts; coordinates as float32 tensors.
 
-    Not validated beyond that: call `validation.validate_clips` (or `datasets.load_dataset`)."""
+    `max_frames` (DATA.MAX_FRAMES; None: no limit) refuses longer 'coordinates'/'subtraction' before they
+    are converted. Not validated beyond that: call `validation.validate_clips` (or `datasets.load_dataset`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".pkl", ".pickle", ".pt", ".pth", ".npy"):
@@ -137,7 +217,7 @@ def load_clips(path) -> list[dict]:
         elif suffix in (".pt", ".pth"):
             obj = _torch_load(path)
         else:
-            obj = {"video_name": path.stem, "coordinates": np.load(path, allow_pickle=False)}
+            obj = {"video_name": path.stem, "coordinates": _read_npy(path, max_frames)}
     except UserError:
         raise
     except OSError as e:
@@ -153,17 +233,19 @@ def load_clips(path) -> list[dict]:
     for i, clip in enumerate(clips):
         if not isinstance(clip, dict):
             continue  # validate_clips reports it with context
+        where = entry_where(path, i, clip)
+        for key, value in clip.items():
+            if isinstance(value, torch.Tensor):
+                _check_backed_by_data(value, where, key)
         for key in ("coordinates", "subtraction"):
             if clip.get(key) is not None:
-                clip[key] = _to_float_tensor(clip[key], path, i, key, clip)
+                clip[key] = _to_float_tensor(clip[key], where, key, max_frames)
     return clips
 
 
-def load_standards(path) -> dict[str, torch.Tensor]:
+def load_standards(path, max_frames: int | None = None) -> dict[str, torch.Tensor]:
     """{motion type (= the standard's video_name): coordinates [T, 66] float32}, validated."""
-    from dataloaders.validation import validate_clips
-
-    clips = load_clips(path)
+    clips = load_clips(path, max_frames)
     validate_clips(clips, path, require_labels=False)
     return {c["video_name"]: c["coordinates"] for c in clips}
 

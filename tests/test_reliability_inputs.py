@@ -2,11 +2,13 @@
 the clip and the key: never a huge allocation, a numpy/torch traceback, or a silent truncation."""
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from common.errors import UserError
 from dataloaders.datasets import load_dataset
+from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import validate_clips
 
 
@@ -19,6 +21,81 @@ def clip(name="a", frames=5, labels=("keep your guard up",), **extra):
 def save_pickle(path, obj):
     path.write_bytes(pickle.dumps(obj))
     return path
+
+
+# ----------------------------------------------------------------------------- declared vs stored size
+
+BROADCASTS = {
+    "expand": lambda: torch.zeros(1).expand(10**9, 66),
+    "as_strided": lambda: torch.zeros(66).as_strided((10**9, 66), (0, 1)),
+}
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pt"])
+@pytest.mark.parametrize("make", BROADCASTS.values(), ids=BROADCASTS.keys())
+def test_broadcast_tensor_declaring_264_gb_is_refused_before_it_is_copied(tmp_path, suffix, make):
+    clips = [clip("ok"), clip("bomb", coordinates=make())]
+    path = tmp_path / f"bomb{suffix}"
+    if suffix == ".pkl":
+        save_pickle(path, clips)  # plain pickle: the embedded storage holds 1 (or 66) floats
+    else:
+        torch.save(clips, path)  # torch's own format: read through the weights_only loader
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(UserError) as e:
+        load_clips(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: entry 1 (video_name 'bomb'): key 'coordinates' declares shape [1000000000, 66]")
+    assert "stride-0" in msg and "\n" not in msg
+
+
+def test_a_view_into_a_larger_stored_tensor_still_loads(tmp_path):
+    whole = torch.randn(10, 66)
+    path = save_pickle(tmp_path / "view.pkl", [clip("v", coordinates=whole[2:5])])  # offset 132, storage 660
+    (c,) = load_clips(path)
+    assert torch.equal(c["coordinates"], whole[2:5])
+
+
+def npy_header_only(path, shape, dtype="<f4"):
+    """A .npy file whose header declares `shape` but which holds only 66 values."""
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.zeros(66, np.float32).tobytes())
+    return path
+
+
+def test_npy_header_declaring_more_data_than_the_file_holds_is_refused_unread(tmp_path):
+    path = npy_header_only(tmp_path / "bomb.npy", (10**9, 66))
+    with pytest.raises(UserError, match=r"bomb.npy: .npy header declares shape \[1000000000, 66\] \(264000000000 "
+                                        r"bytes\) but the file holds 264 bytes"):
+        load_clips(path)
+    with pytest.raises(UserError, match=r"bomb.npy: key 'coordinates' has 1000000000 frames, more than "
+                                        r"DATA.MAX_FRAMES=1000"):
+        load_clips(path, max_frames=1000)
+
+
+# ----------------------------------------------------------------------------- DATA.MAX_FRAMES
+
+def test_clip_longer_than_max_frames_is_refused_naming_clip_limit_and_key(tmp_path):
+    path = save_pickle(tmp_path / "train.pkl", [clip("short", 50), clip("long", 51)])
+    assert len(load_dataset(path, pretrain=True, branch=0, max_frames=51)) == 2
+    with pytest.raises(UserError) as e:
+        load_dataset(path, pretrain=True, branch=0, max_frames=50)
+    assert str(e.value) == (f"{path}: entry 1 (video_name 'long'): key 'coordinates' has 51 frames, more than "
+                            "DATA.MAX_FRAMES=50 (memory grows with the frames); crop or split the clip, or raise "
+                            "DATA.MAX_FRAMES in the config")
+
+
+def test_max_frames_covers_standards_subtraction_and_npy(tmp_path):
+    std = save_pickle(tmp_path / "std.pkl", [{"video_name": "Jab", "coordinates": torch.zeros(60, 66)}])
+    with pytest.raises(UserError, match=r"std.pkl: entry 0 \(video_name 'Jab'\): key 'coordinates' has 60 frames"):
+        load_standards(std, max_frames=50)
+    sub = save_pickle(tmp_path / "sub.pkl", [clip("a", 5, subtraction=torch.zeros(60, 8))])
+    with pytest.raises(UserError, match=r"entry 0 \(video_name 'a'\): key 'subtraction' has 60 frames"):
+        load_clips(sub, max_frames=50)
+    np.save(tmp_path / "Jab.npy", np.zeros((60, 66), np.float32))
+    with pytest.raises(UserError, match=r"Jab.npy: key 'coordinates' has 60 frames, more than DATA.MAX_FRAMES=50"):
+        load_clips(tmp_path / "Jab.npy", max_frames=50)
 
 
 # ----------------------------------------------------------------------------- labels as the scorer sees them
@@ -36,3 +113,31 @@ def test_label_that_sanitises_to_nothing_is_refused_naming_file_clip_and_index(t
 def test_augmented_label_that_sanitises_to_nothing_is_refused():
     with pytest.raises(UserError, match=r"x.pkl: entry 0 \(video_name 'a'\): key 'augmented_labels' item 0"):
         validate_clips([clip("a", augmented_labels=["\ufeff"])], "x.pkl")
+
+
+# ----------------------------------------------------------------------------- dtypes and disguised files
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.bool_, "U3"])
+def test_npy_that_is_not_real_numbers_is_refused_naming_the_file(tmp_path, dtype):
+    np.save(tmp_path / "odd.npy", np.ones((4, 66), dtype=dtype))
+    with pytest.raises(UserError, match=rf"odd.npy: .npy array has dtype {np.dtype(dtype)}, expected a float "
+                                        r"array \[frames, 66\] of real numbers"):
+        load_clips(tmp_path / "odd.npy")
+
+
+@pytest.mark.parametrize("value", [torch.ones(4, 66, dtype=torch.complex64), torch.ones(4, 66, dtype=torch.bool),
+                                   np.ones((4, 66), np.complex128)], ids=["torch-complex", "torch-bool", "np-complex"])
+def test_pickled_coordinates_that_are_not_real_numbers_are_refused(tmp_path, value):
+    path = save_pickle(tmp_path / "odd.pkl", [clip("c", coordinates=value)])
+    with pytest.raises(UserError, match=r"odd.pkl: entry 0 \(video_name 'c'\): key 'coordinates' has dtype .*"
+                                        r"expected a float array \[frames, 66\] of real numbers"):
+        load_clips(path)
+
+
+def test_pickle_renamed_npy_gets_our_message_not_numpys_allow_pickle_advice(tmp_path):
+    path = save_pickle(tmp_path / "clip.npy", {"video_name": "x", "coordinates": np.zeros((4, 66))})
+    with pytest.raises(UserError) as e:
+        load_clips(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: not a plain .npy array") and "never unpickled" in msg
+    assert "allow_pickle" not in msg
