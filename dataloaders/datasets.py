@@ -5,6 +5,7 @@ live here once and are never swapped (design §7.4).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +17,7 @@ from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import SEGMENTS, segment_keys, validate_clips
 from common.errors import UserError
 
+log = logging.getLogger("motion2text")
 
 
 def _segment(clip: dict, segment: str) -> Optional[tuple[int, int]]:
@@ -59,12 +61,47 @@ class _ClipDataset(Dataset):
         }
 
 
+def _crop_to_tokens(text: str, tokenizer, max_tokens: int) -> str:
+    """The longest prefix of `text`, cut at a token boundary, that tokenises to at most `max_tokens` tokens."""
+    def n_tokens(t):
+        return len(tokenizer(t, add_special_tokens=False).input_ids)
+
+    ends = [end for _, end in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping]
+    candidates = [text[:end].strip() for end in ends[:max_tokens]]
+    # A prefix cut inside a word may tokenise into more pieces than it had in the whole text: step back.
+    return next((c for c in reversed(candidates) if n_tokens(c) <= max_tokens), candidates[0])
+
+
+def crop_long_labels(index: list[tuple[int, str]], clips: list[dict], tokenizer,
+                     max_tokens: int) -> list[tuple[int, str]]:
+    """`index` with every label longer than `max_tokens` caption tokens (prompt and eos not counted) cropped
+    to that many, and one warning per call naming how many and one clip: the decoder's memory grows with
+    the square of the label length."""
+    if not index:
+        return index  # HF tokenizers fail on an empty batch
+    texts = [t.strip() for _, t in index]  # as CaptionCodec.encode_targets tokenises them
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False).input_ids]
+    long = [k for k, n in enumerate(lengths) if n > max_tokens]
+    if not long:
+        return index
+    cropped = list(index)
+    for k in long:
+        cropped[k] = (index[k][0], _crop_to_tokens(texts[k], tokenizer, max_tokens))
+    first = long[0]
+    log.warning("DATA.MAX_LABEL_TOKENS=%d: cropped %d of %d training labels to %d tokens (e.g. a label of clip %r "
+                "had %d); raise DATA.MAX_LABEL_TOKENS to train on them whole", max_tokens, len(long), len(index),
+                max_tokens, clips[index[first][0]]["video_name"], lengths[first])
+    return cropped
+
+
 class TrainDataset(_ClipDataset):
     """One sample per (clip, label) pair, plus `augmented_labels` when switched on; with `label_index` only
-    the label (and paraphrase) at that position of each clip (RETRIEVAL.LABEL_INDEX)."""
+    the label (and paraphrase) at that position of each clip (RETRIEVAL.LABEL_INDEX). With a `tokenizer`
+    and `max_label_tokens` (DATA.MAX_LABEL_TOKENS), longer labels are cropped (see crop_long_labels)."""
 
     def __init__(self, clips: list[dict], use_augmented_labels: bool = False, segment: str = "NONE",
-                 retrieved: Optional[list[str]] = None, label_index: Optional[int] = None):
+                 retrieved: Optional[list[str]] = None, label_index: Optional[int] = None,
+                 tokenizer=None, max_label_tokens: Optional[int] = None):
         super().__init__(clips, segment, retrieved)
         # (clip index, text): the texts are references to the clip's strings, coordinates are never copied.
         self.index: list[tuple[int, str]] = []
@@ -77,6 +114,8 @@ class TrainDataset(_ClipDataset):
             if use_augmented_labels:
                 texts += [t for t in augmented if isinstance(t, str) and t.strip()]
             self.index += [(ci, t) for t in texts]
+        if tokenizer is not None and max_label_tokens is not None:
+            self.index = crop_long_labels(self.index, clips, tokenizer, max_label_tokens)
 
     @property
     def lengths(self) -> list[int]:

@@ -1,5 +1,6 @@
 """Hostile or oversized inputs are refused (or cropped) where they enter, with one line naming the file,
 the clip and the key: never a huge allocation, a numpy/torch traceback, or a silent truncation."""
+import logging
 import pickle
 
 import numpy as np
@@ -7,9 +8,10 @@ import pytest
 import torch
 
 from common.errors import UserError
-from dataloaders.datasets import load_dataset
+from dataloaders.datasets import TrainDataset, collate, load_dataset
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import validate_clips
+from models.tokenizer import train_caption_tokenizer
 
 
 def clip(name="a", frames=5, labels=("keep your guard up",), **extra):
@@ -96,6 +98,26 @@ def test_max_frames_covers_standards_subtraction_and_npy(tmp_path):
     np.save(tmp_path / "Jab.npy", np.zeros((60, 66), np.float32))
     with pytest.raises(UserError, match=r"Jab.npy: key 'coordinates' has 60 frames, more than DATA.MAX_FRAMES=50"):
         load_clips(tmp_path / "Jab.npy", max_frames=50)
+
+
+# ----------------------------------------------------------------------------- DATA.MAX_LABEL_TOKENS
+
+def test_long_training_label_is_cropped_with_one_warning_naming_the_clip(caplog):
+    tok = train_caption_tokenizer(["keep your guard up", "keep your hand at chin", "punch"], 300)
+    huge = " ".join(["keep your hand at chin"] * 6000)  # 30,000 words
+    clips = [clip("a", labels=["keep your guard up"]), clip("huge", labels=[huge, "punch"]),
+             clip("b", labels=[huge])]
+    with caplog.at_level(logging.WARNING, logger="motion2text"):
+        ds = TrainDataset(clips, tokenizer=tok, max_label_tokens=16)
+    texts = [t for _, t in ds.index]
+    assert texts[0] == "keep your guard up" and texts[2] == "punch"  # short labels untouched
+    for cropped in (texts[1], texts[3]):
+        assert huge.startswith(cropped)
+        assert 0 < len(tok(cropped, add_special_tokens=False).input_ids) <= 16
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "DATA.MAX_LABEL_TOKENS=16: cropped 2 of 4 training labels" in warnings[0] and "'huge'" in warnings[0]
+    assert collate([ds[1]])["texts"] == [texts[1]]
 
 
 # ----------------------------------------------------------------------------- labels as the scorer sees them
