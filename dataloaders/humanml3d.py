@@ -27,7 +27,9 @@ Rules, following text2motion's ``Text2MotionDatasetV2`` (the loader TM2T, T2M-GP
   ``len >= 200`` filter (HumanML3D motions are at most ~10 s anyway).
 - Empty caption lines, malformed caption lines (fewer than 4 ``#`` fields, unparsable or negative times)
   and ids whose ``.npy`` or ``.txt`` is missing are skipped and counted. A ``.npy`` that is not
-  ``[T, 22, 3]`` (e.g. ``new_joint_vecs`` passed by mistake) or cannot be read raises ``UserError``.
+  ``[T, 22, 3]`` (e.g. ``new_joint_vecs`` passed by mistake) or cannot be read, and a text file that is not
+  UTF-8, raise ``UserError``. Text files are split into lines at ``\n`` only (a trailing ``\r`` is
+  dropped): a caption holding U+2028 or U+0085 stays one caption.
 - Mirrors: without ``--mirrors``, ``M`` ids are dropped even if the split file lists them (counted);
   with ``--mirrors``, each listed id ``X`` also brings ``MX`` when both its files exist (missing mirror
   files are counted, not an error).
@@ -82,6 +84,19 @@ def _empty_summary() -> dict:
     return {k: 0 for k in SUMMARY_KEYS}
 
 
+def _text_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file split at '\n' only (str.splitlines also splits at U+2028, U+0085, ...).
+    Read as bytes: text mode would also split at a lone '\r'. A leading BOM is dropped."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                        "expected the HumanML3D release's UTF-8 files") from None
+    if not text:
+        return []
+    return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")]
+
+
 def _read_ids(root: Path, split: str) -> list[str]:
     path = root / f"{split}.txt"
     if not path.is_file():
@@ -89,7 +104,7 @@ def _read_ids(root: Path, split: str) -> list[str]:
                         f"train.txt/val.txt/test.txt, new_joints/, texts/)")
     ids = []
     seen = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in _text_lines(path):
         name = line.strip()
         if name and name not in seen:
             seen.add(name)
@@ -106,7 +121,7 @@ def _parse_captions(path: Path, summary: dict, examples: list[str]):
     """Return (whole-clip captions, {(start, end): [captions]}) for one texts/<id>.txt."""
     whole: list[str] = []
     ranged: dict[tuple[float, float], list[str]] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(_text_lines(path), 1):
         line = raw.strip()
         if not line:
             summary["empty_caption_lines"] += 1

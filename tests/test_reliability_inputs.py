@@ -10,6 +10,7 @@ import torch
 from common.errors import UserError
 from dataloaders.datasets import TrainDataset, collate, load_dataset
 from dataloaders.formats import load_clips, load_standards
+from dataloaders.humanml3d import convert
 from dataloaders.validation import validate_clips
 from models.tokenizer import train_caption_tokenizer
 
@@ -163,3 +164,32 @@ def test_pickle_renamed_npy_gets_our_message_not_numpys_allow_pickle_advice(tmp_
     msg = str(e.value)
     assert msg.startswith(f"{path}: not a plain .npy array") and "never unpickled" in msg
     assert "allow_pickle" not in msg
+
+
+# ----------------------------------------------------------------------------- HumanML3D captions
+
+def hml3d_release(root, caption_bytes: bytes):
+    (root / "new_joints").mkdir(parents=True)
+    (root / "texts").mkdir()
+    np.save(root / "new_joints" / "000001.npy", np.zeros((30, 22, 3), np.float32))
+    (root / "texts" / "000001.txt").write_bytes(caption_bytes)
+    (root / "train.txt").write_text("000001\n")
+    return root
+
+
+def test_humanml3d_non_utf8_caption_file_is_one_line_error_naming_it(tmp_path):
+    root = hml3d_release(tmp_path / "H", "a person waves.#a/DET#0.0#0.0\n".encode("latin-1") + b"caf\xe9#x#0.0#0.0\n")
+    with pytest.raises(UserError) as e:
+        convert(root, "train", progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{root / 'texts' / '000001.txt'}: not UTF-8 text") and "\n" not in msg
+
+
+def test_humanml3d_captions_split_on_newline_only(tmp_path):
+    text = ("a person waves\u2028slowly.#a/DET#0.0#0.0\r\n"
+            "then bows\u0085deeply.#then/ADV#0.0#0.0\r\n"
+            "and leaves.#and/CCONJ#0.0#0.0")
+    root = hml3d_release(tmp_path / "H", text.encode("utf-8"))
+    clips, summary = convert(root, "train", progress=False)
+    assert clips[0]["labels"] == ["a person waves\u2028slowly.", "then bows\u0085deeply.", "and leaves."]
+    assert (summary["caption_lines"], summary["malformed_caption_lines"], summary["empty_caption_lines"]) == (3, 0, 0)
