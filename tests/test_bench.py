@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a subprocess benchmark run
+
 REPO = Path(__file__).resolve().parent.parent
 
 

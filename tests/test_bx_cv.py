@@ -87,6 +87,7 @@ def run_cv(folds: Path, *extra) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (PTB tokenizer)")
+@pytest.mark.slow
 def test_runner_trains_every_fold_and_writes_the_summary(folds):
     res = run_cv(folds)
     assert res.returncode == 0, explain(res)

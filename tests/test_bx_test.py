@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tools.bx_test import RECOMMENDED, situation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +27,7 @@ def test_every_recommended_setting_exists():
         assert (REPO / cfg / "config.yaml").is_file() and epochs >= 1
 
 
+@pytest.mark.slow
 def test_missing_test_file_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "tools/bx_test.py", "--test", str(tmp_path / "nope.pkl")], cwd=REPO,
                        capture_output=True, text=True)

@@ -19,7 +19,7 @@ import torch
 
 from tests.cli_helpers import explain, load_final, read_json, run_train, tiny_data, video_names, write_experiment
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # torchrun training runs
 
 EPOCHS = 4  # each with an evaluation and a checkpoint, every checkpoint kept
 # 12 test clips: 6 in each rank's shard.

@@ -25,6 +25,7 @@ def data(seed0):
             "finetune": load_dataset(seed0["train"], **kw) + load_dataset(seed0["test"], **kw)}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(seed0, tmp_path):
     again, other = generate(tmp_path / "again", seed=0), generate(tmp_path / "other", seed=1)
     for stem in FILES:
