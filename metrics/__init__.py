@@ -1,4 +1,4 @@
-"""Evaluation metrics. Caption metrics: ``metrics.caption`` (COCO toolkit, design §6)."""
-from metrics.caption import METRIC_KEYS, CaptionScorer, sanitize_caption
+"""Evaluation metrics. Caption metrics: ``metrics.caption`` (COCO toolkit); its Java processes: ``metrics.java``."""
+from metrics.caption import METRIC_KEYS, CaptionScorer, ScoringError, sanitize_caption
 
-__all__ = ["METRIC_KEYS", "CaptionScorer", "sanitize_caption"]
+__all__ = ["METRIC_KEYS", "CaptionScorer", "ScoringError", "sanitize_caption"]

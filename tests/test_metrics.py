@@ -1,12 +1,13 @@
-"""COCO caption metrics (design §6): parity with pycocoevalcap, sanitising, id checks, Java/SPICE/BERTScore
-errors. One METEOR JVM for the module (the scorer's singleton) plus one direct Meteor() for the parity test."""
+"""COCO caption metrics: parity with pycocoevalcap, sanitising, id checks, Java/SPICE/BERTScore errors.
+One METEOR JVM for the module (the scorer's singleton) plus one direct Meteor() for the parity test.
+Timeouts, crashes, Ctrl-C and degenerate references: test_reliability_scoring.py."""
 import shutil
 
 import pytest
 
 from common.errors import UserError
-from metrics import caption
-from metrics.caption import METRIC_KEYS, CaptionScorer, sanitize_caption
+from metrics import caption, java
+from metrics.caption import METRIC_KEYS, CaptionScorer, ScoringError, sanitize_caption
 
 pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (PTB tokenizer, METEOR)")
 
@@ -162,8 +163,8 @@ def test_deterministic_two_calls_identical(scorer, scores):
     assert again == scores
 
 
-def test_java_missing_raises_user_error(monkeypatch):
-    monkeypatch.setattr(caption.shutil, "which", lambda name, *a, **k: None)
+def test_java_missing_raises_user_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(UserError, match="Java not found") as err:
         CaptionScorer(meteor=False)
     assert "PTB" in str(err.value) and "BLEU" in str(err.value)
@@ -210,8 +211,9 @@ def test_meteor_failure_discards_the_instance_instead_of_hanging(scorer):
     # pycocoevalcap's Meteor raises on a raw newline and keeps its lock held: the next call (or its __del__)
     # would block forever. The scorer must drop that instance, kill its JVM and start a fresh one.
     scorer.score(MATCHING, REFERENCES)
-    proc = caption._METEOR.meteor_p
-    with pytest.raises(RuntimeError, match="METEOR"):
-        caption._meteor_score({"a": ["a b"]}, {"a": ["a\nb"]})
-    assert caption._METEOR is None and proc.poll() is not None
+    proc = java._METEOR.meteor_p
+    with pytest.raises(ScoringError, match="METEOR") as err:
+        java.meteor_score({"a": ["a b"]}, {"a": ["a\nb"]})
+    assert "\n" not in str(err.value)
+    assert java._METEOR is None and proc.poll() is not None
     assert scorer.score(MATCHING, REFERENCES)["METEOR"] > 90

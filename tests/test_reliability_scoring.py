@@ -1,0 +1,180 @@
+"""Scoring when things go wrong: a Java that cannot start, hangs or crashes, Ctrl-C while Java runs.
+
+A fake `java` (a shell script first on PATH) plays the misbehaving JVM; for the commands it does not
+intercept it runs the real one."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from common.errors import UserError
+from metrics import java
+from metrics.caption import CaptionScorer, ScoringError, close_meteor
+
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java (PTB tokenizer, METEOR)")
+
+PREDICTIONS = {"c0": "a person walks forward", "c1": "a man jumps in place"}
+REFERENCES = {"c0": ["a person walks forward slowly", "someone walks ahead"],
+              "c1": ["a man jumps up and down", "the person jumps in place"]}
+
+# Stand-ins for a JVM, as shell commands: one that never answers, one that starts a child and waits for
+# it (as a wrapper script around the real JVM would), writing both process ids where the test finds them.
+HANG = "exec sleep 60"
+WRAPPED_HANG = 'sleep 60 & echo $! > "$PIDS/child"; wait'
+
+
+def fake_java(tmp_path: Path, monkeypatch, intercept: str, action: str) -> Path:
+    """Put a `java` on PATH that runs `action` when its arguments match the shell pattern `intercept`
+    and the real java otherwise; returns the folder where it leaves process ids."""
+    real = shutil.which("java")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "java"
+    script.write_text(f'#!/bin/sh\nPIDS="{pids}"\necho $$ > "$PIDS/java"\n'
+                      f'case "$*" in {intercept}) {action};; esac\nexec "{real}" "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return pids
+
+
+def running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (orphans may never be reaped in a container)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def interrupt_when_written(path: Path, timeout_s: float = 30.0) -> threading.Thread:
+    """Send SIGINT to the main thread (what Ctrl-C does) once `path` exists."""
+    main = threading.main_thread().ident
+
+    def wait_then_interrupt():
+        deadline = time.monotonic() + timeout_s
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # let the caller block on the child's output
+        signal.pthread_kill(main, signal.SIGINT)
+
+    thread = threading.Thread(target=wait_then_interrupt, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    for part in parts:
+        assert part in msg, msg
+
+
+@pytest.fixture
+def fresh_meteor():
+    """No METEOR left from other tests: the next score starts one with the PATH of this test."""
+    close_meteor()
+    yield
+    close_meteor()
+
+
+# ---- Java that cannot start, hangs or crashes ------------------------------------------------------
+
+@needs_java
+@pytest.mark.slow
+def test_java_that_cannot_start_fails_at_construction_naming_why(monkeypatch):
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Xmx1k")  # a JVM on PATH that cannot initialise
+    with pytest.raises(ScoringError) as err:
+        CaptionScorer(meteor=False)
+    assert_one_line(err, "Java cannot start", "Too small maximum heap", "JAVA_TOOL_OPTIONS")
+
+
+@needs_java
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_java_that_hangs_at_start_up_times_out_at_construction(tmp_path, monkeypatch):
+    fake_java(tmp_path, monkeypatch, "-version", HANG)
+    start = time.monotonic()
+    with pytest.raises(ScoringError) as err:
+        CaptionScorer(meteor=False, java_start_timeout_s=1)
+    assert_one_line(err, "Java cannot start", "java -version", "within 1 s")
+    assert time.monotonic() - start < 20
+
+
+@needs_java
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_hanging_ptb_tokenizer_times_out_with_a_one_line_error(tmp_path, monkeypatch):
+    pids = fake_java(tmp_path, monkeypatch, "*PTBTokenizer*", HANG)
+    scorer = CaptionScorer(meteor=False, ptb_timeout_s=1)
+    start = time.monotonic()
+    with pytest.raises(ScoringError) as err:
+        scorer.score(PREDICTIONS, REFERENCES)
+    assert_one_line(err, "PTB tokenizer", "within 1 s")
+    assert time.monotonic() - start < 20
+    assert not running(int((pids / "java").read_text()))
+
+
+@needs_java
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_hanging_meteor_times_out_and_restarts_on_the_next_call(tmp_path, monkeypatch, fresh_meteor):
+    pids = fake_java(tmp_path, monkeypatch, "*-jar*", WRAPPED_HANG)
+    scorer = CaptionScorer(meteor_timeout_s=2)
+    with pytest.raises(ScoringError) as err:
+        scorer.score(PREDICTIONS, REFERENCES)
+    assert_one_line(err, "METEOR", "within 2 s")
+    assert java._METEOR is None
+    assert not running(int((pids / "child").read_text()))
+
+
+@needs_java
+@pytest.mark.slow
+def test_crashing_java_raises_scoring_error_with_its_message(tmp_path, monkeypatch):
+    fake_java(tmp_path, monkeypatch, "*PTBTokenizer*", 'echo "Exception: disk quota exceeded" >&2; exit 3')
+    scorer = CaptionScorer(meteor=False)
+    with pytest.raises(ScoringError) as err:
+        scorer.score(PREDICTIONS, REFERENCES)
+    assert isinstance(err.value, UserError)  # the entry scripts print it as one line
+    assert_one_line(err, "PTB tokenizer", "exited with code 3", "disk quota exceeded")
+
+
+def test_timeouts_must_be_positive_seconds():
+    for bad in (0, -1, float("nan"), float("inf"), "10"):
+        with pytest.raises(UserError, match="ptb_timeout_s"):
+            CaptionScorer(meteor=False, ptb_timeout_s=bad)
+
+
+# ---- Ctrl-C while Java runs ---------------------------------------------------------------------------
+
+@needs_java
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_ctrl_c_during_ptb_tokenization_kills_java_and_propagates(tmp_path, monkeypatch):
+    pids = fake_java(tmp_path, monkeypatch, "*PTBTokenizer*", WRAPPED_HANG)
+    scorer = CaptionScorer(meteor=False)
+    interrupt_when_written(pids / "child")
+    with pytest.raises(KeyboardInterrupt):
+        scorer.score(PREDICTIONS, REFERENCES)
+    assert not running(int((pids / "java").read_text()))
+    assert not running(int((pids / "child").read_text()))
+
+
+@needs_java
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_ctrl_c_during_meteor_kills_java_and_propagates(tmp_path, monkeypatch, fresh_meteor):
+    pids = fake_java(tmp_path, monkeypatch, "*-jar*", WRAPPED_HANG)
+    scorer = CaptionScorer()
+    interrupt_when_written(pids / "child")
+    with pytest.raises(KeyboardInterrupt):
+        scorer.score(PREDICTIONS, REFERENCES)
+    assert java._METEOR is None
+    assert not running(int((pids / "child").read_text()))
