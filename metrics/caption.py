@@ -15,8 +15,11 @@ Measured behaviour of pycocoevalcap 1.2 this module guards against:
   ``sanitize_caption`` removes all of these before anything reaches Java.
 * ``Bleu.compute_score`` prints to stdout unless ``verbose=0``; it is called with ``verbose=0``.
 * Empty captions are safe: an empty prediction scores 0 for that clip on every metric (PTB keeps the empty
-  line, METEOR accepts an empty hypothesis). References that are empty after sanitising are dropped; a
-  clip with no non-empty reference is a ``UserError``.
+  line, METEOR accepts an empty hypothesis).
+* A reference with no letter or digit left after PTB tokenization (empty, or punctuation only: "..." comes
+  back empty, "!!" comes back as the token "!!") would match an equally empty or punctuation-only
+  prediction perfectly (BLEU-1, METEOR and ROUGE-L 100 for that clip) and halves that clip's CIDEr
+  otherwise: such references are dropped, and a clip with no other reference is a ``UserError`` naming it.
 * CIDEr's IDF comes from the references of the evaluated set, so CIDEr is only comparable on the same set
   (with a single clip it is always 0).
 """
@@ -74,6 +77,25 @@ def _check_inputs(predictions: Mapping, references: Mapping) -> list:
             if not isinstance(r, str):
                 raise UserError(f"a reference of clip {clip_id!r} is {type(r).__name__}, expected a string")
     return sorted(pred_ids, key=str)
+
+
+def _has_word(tokens: str) -> bool:
+    return any(ch.isalnum() for ch in tokens)
+
+
+def _usable_references(ids: list, refs: list[list[str]], ref_tokens: list[str]) -> tuple[dict, list[list[str]]]:
+    """({clip id: [tokenized reference, ...]}, [[sanitised reference, ...] per clip]) without the references
+    that have no word after PTB tokenization; a clip left with none is a UserError naming it."""
+    gts, kept, pos = {}, [], 0
+    for clip_id, clip_refs in zip(ids, refs):
+        pairs = [(r, t) for r, t in zip(clip_refs, ref_tokens[pos:pos + len(clip_refs)]) if _has_word(t)]
+        pos += len(clip_refs)
+        if not pairs:
+            raise UserError(f"clip {clip_id!r} has no usable reference caption (every reference is empty or "
+                            "punctuation only)")
+        kept.append([r for r, _ in pairs])
+        gts[clip_id] = [t for _, t in pairs]
+    return gts, kept
 
 
 def _positive_seconds(name: str, value) -> float:
@@ -138,7 +160,7 @@ class CaptionScorer:
     identical id sets and returns ``{key: float}`` for ``self.keys``: ``METRIC_KEYS`` (without "METEOR" when
     ``meteor=False``), plus "SPICE" / "BERTScore" when enabled. BERTScore is the mean F1 of
     ``bert_score.score(lang="en", rescale_with_baseline=True, idf=True)`` (roberta-large, as in TM2T) on the
-    sanitised, untokenised captions with all references of a clip. Deterministic for the same inputs.
+    sanitised, untokenised captions with all usable references of a clip. Deterministic for the same inputs.
 
     Construction starts a JVM once, so a Java that is missing or cannot start fails here, before any work.
     The timeouts (seconds) bound the start-up check, each PTB tokenizer run and each METEOR call. Problems
@@ -173,19 +195,10 @@ class CaptionScorer:
         require_java()
         ids = _check_inputs(predictions, references)
         preds = [sanitize_caption(predictions[i]) for i in ids]
-        refs = []
-        for i in ids:
-            clean = [c for c in (sanitize_caption(r) for r in references[i]) if c]
-            if not clean:
-                raise UserError(f"clip {i!r} has no non-empty reference caption")
-            refs.append(clean)
-
+        refs = [[c for c in (sanitize_caption(r) for r in references[i]) if c] for i in ids]
         tokens = ptb_tokenize(preds + [r for rs in refs for r in rs], self.ptb_timeout_s)
         res = {i: [tokens[k]] for k, i in enumerate(ids)}
-        gts, pos = {}, len(ids)
-        for i, rs in zip(ids, refs):
-            gts[i] = tokens[pos:pos + len(rs)]
-            pos += len(rs)
+        gts, refs = _usable_references(ids, refs, tokens[len(ids):])
 
         out: dict[str, float] = {}
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

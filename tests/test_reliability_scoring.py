@@ -1,4 +1,5 @@
-"""Scoring when things go wrong: a Java that cannot start, hangs or crashes, Ctrl-C while Java runs.
+"""Scoring when things go wrong: a Java that cannot start, hangs or crashes, Ctrl-C while Java runs,
+degenerate references.
 
 A fake `java` (a shell script first on PATH) plays the misbehaving JVM; for the commands it does not
 intercept it runs the real one."""
@@ -178,3 +179,22 @@ def test_ctrl_c_during_meteor_kills_java_and_propagates(tmp_path, monkeypatch, f
         scorer.score(PREDICTIONS, REFERENCES)
     assert java._METEOR is None
     assert not running(int((pids / "child").read_text()))
+
+
+# ---- degenerate references --------------------------------------------------------------------------
+
+@needs_java
+@pytest.mark.slow
+def test_punctuation_only_reference_is_dropped_like_an_empty_one():
+    scorer = CaptionScorer(meteor=False)
+    with_punctuation = {k: refs + ["...", "!!"] for k, refs in REFERENCES.items()}
+    assert scorer.score(PREDICTIONS, with_punctuation) == scorer.score(PREDICTIONS, REFERENCES)
+
+
+@needs_java
+@pytest.mark.slow
+def test_clip_with_only_punctuation_references_is_an_error_naming_it():
+    scorer = CaptionScorer(meteor=False)
+    with pytest.raises(UserError) as err:  # "!!" against "!!" would score BLEU-1 100 for that clip
+        scorer.score(dict(PREDICTIONS, c1="!!"), dict(REFERENCES, c1=["...", "!!", " "]))
+    assert_one_line(err, "'c1'", "no usable reference")
