@@ -28,14 +28,32 @@ METRICS_FILE = "metrics.json"
 
 # ---- reading -------------------------------------------------------------------------------------
 
+def _refuse_duplicate_keys(path: Path, what: str):
+    """An ``object_pairs_hook``: json.loads would silently keep the last of two equal keys."""
+    def build(pairs: list) -> dict:
+        obj = {}
+        for key, value in pairs:
+            if key in obj:
+                raise UserError(f"{path}: {what} file has the key {key!r} twice (expected each key once)")
+            obj[key] = value
+        return obj
+
+    return build
+
+
 def read_json(path: Path, what: str):
+    """The JSON content of `path`; a missing, unreadable, malformed, too deeply nested file or one with a
+    repeated key is a one-line UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: {what} file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_refuse_duplicate_keys(path, what))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: {what} file is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {what} file is nested too deeply to read "
+                        "(expected a few levels of objects and lists)") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read {what} file ({getattr(e, 'strerror', None) or e})") from None
 

@@ -1,10 +1,11 @@
 """Scoring when things go wrong: a Java that cannot start, hangs or crashes, Ctrl-C while Java runs,
-degenerate references.
+degenerate references, malformed predictions JSON.
 
 A fake `java` (a shell script first on PATH) plays the misbehaving JVM; for the commands it does not
 intercept it runs the real one."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import UserError
+from common.errors import EXIT_USER_ERROR, UserError
 from metrics import java
 from metrics.caption import CaptionScorer, ScoringError, close_meteor
 
@@ -198,3 +199,47 @@ def test_clip_with_only_punctuation_references_is_an_error_naming_it():
     with pytest.raises(UserError) as err:  # "!!" against "!!" would score BLEU-1 100 for that clip
         scorer.score(dict(PREDICTIONS, c1="!!"), dict(REFERENCES, c1=["...", "!!", " "]))
     assert_one_line(err, "'c1'", "no usable reference")
+
+
+# ---- predictions / references JSON ------------------------------------------------------------------
+
+def test_predictions_json_with_a_repeated_key_is_refused_naming_file_and_key(tmp_path):
+    from metrics.report import load_predictions
+
+    path = tmp_path / "preds.json"
+    path.write_text('{"c0": "a person walks", "c1": "a man jumps", "c0": "someone sits"}')
+    with pytest.raises(UserError) as err:
+        load_predictions(path)
+    assert_one_line(err, str(path), "'c0'", "twice")
+
+
+def test_references_json_with_a_repeated_key_is_refused_naming_file_and_key(tmp_path):
+    from metrics.report import load_references
+
+    path = tmp_path / "refs.json"
+    path.write_text('{"c0": ["a person walks"], "c0": ["someone sits"]}')
+    with pytest.raises(UserError) as err:
+        load_references(path)
+    assert_one_line(err, str(path), "'c0'", "twice")
+
+
+def test_evaluate_pred_refuses_a_repeated_key_with_exit_2(tmp_path, capsys):
+    import evaluate
+
+    preds = tmp_path / "preds.json"
+    preds.write_text('{"c0": "a person walks", "c0": "someone sits"}')
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"c0": ["a person walks"]}))
+    assert evaluate.main(["--pred", str(preds), "--ann", str(refs)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert str(preds) in err and "'c0'" in err and "twice" in err
+
+
+def test_deeply_nested_json_is_a_one_line_error_naming_the_file(tmp_path):
+    from metrics.report import load_predictions
+
+    path = tmp_path / "deep.json"
+    path.write_text('{"c0": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(UserError) as err:
+        load_predictions(path)
+    assert_one_line(err, str(path), "nested too deeply")
