@@ -13,6 +13,7 @@ the table.
 """
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 from collections import defaultdict
@@ -21,6 +22,8 @@ from pathlib import Path
 from common.errors import UserError
 
 SEED_SUFFIX = re.compile(r"_s\d+$")
+
+log = logging.getLogger("motion2text")
 
 
 def _run_config(run: Path):
@@ -38,19 +41,33 @@ def selected_epoch(cfg, per_epoch: dict) -> int:
     return best_epoch(per_epoch) if cfg.EVAL.EARLY_STOP_PATIENCE else max(per_epoch)
 
 
+def distinct_runs(runs: list[Path]) -> list[Path]:
+    """`runs` without repeats of a folder (same resolved path: `A`, `A/`, `./A`, a link to A), each repeat
+    named in a warning; otherwise one run given twice would count as two seeds."""
+    seen: dict[Path, Path] = {}
+    for run in map(Path, runs):
+        real = run.resolve()
+        if real in seen:
+            log.warning("--summary: %s is %s again; counted once", run, seen[real])
+        else:
+            seen[real] = run
+    return list(seen.values())
+
+
 def collect_runs(runs: list[Path]) -> dict[tuple[str, str], list[dict]]:
-    """{(experiment, split): [{"seed", "epoch", "metrics", "last", "train", "test"}, ...]}"""
+    """{(experiment, split): [{"seed", "epoch", "metrics", "last", "train", "test"}, ...]}, each distinct
+    run folder once."""
     from metrics.report import read_experiment_metrics
 
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for run in runs:
-        run = Path(run)
+    for run in distinct_runs(runs):
         cfg = _run_config(run)
         per_epoch = read_experiment_metrics(run)
         if not per_epoch:
             raise UserError(f"{run}: no jsons/metrics_epoch*.json (did the run finish with EVAL.SCORE true?)")
         epoch = selected_epoch(cfg, per_epoch)
-        groups[(run.parent.name, SEED_SUFFIX.sub("", run.name))].append(
+        folder = run.resolve()  # `.` or `person_s1` alone still name their experiment and split
+        groups[(folder.parent.name, SEED_SUFFIX.sub("", folder.name))].append(
             {"seed": cfg.SEED, "epoch": epoch, "metrics": per_epoch[epoch], "last": per_epoch[max(per_epoch)],
              "train": cfg.path(cfg.DATA.TRAIN), "test": cfg.path(cfg.DATA.TEST)})
     return dict(groups)

@@ -1,11 +1,12 @@
 """Scoring when things go wrong: a Java that cannot start, hangs or crashes, Ctrl-C while Java runs,
-degenerate references, malformed predictions JSON.
+degenerate references, malformed predictions JSON and a run folder given twice to --summary.
 
 A fake `java` (a shell script first on PATH) plays the misbehaving JVM; for the commands it does not
 intercept it runs the real one."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -243,3 +244,41 @@ def test_deeply_nested_json_is_a_one_line_error_naming_the_file(tmp_path):
     with pytest.raises(UserError) as err:
         load_predictions(path)
     assert_one_line(err, str(path), "nested too deeply")
+
+
+# ---- --summary ----------------------------------------------------------------------------------------
+
+def finished_run(folder: Path, seed: int, cider: float) -> Path:
+    """A run folder as training leaves it: config_resolved.yaml and one jsons/metrics_epoch*.json."""
+    from engine.config_loader import config_from_dict, save_config
+
+    cfg = config_from_dict({"SEED": seed, "DATA": {"TRAIN": "train.pkl", "TEST": "test.pkl"}})
+    (folder / "jsons").mkdir(parents=True)
+    save_config(cfg, folder / "config_resolved.yaml")
+    (folder / "jsons" / "metrics_epoch1.json").write_text(json.dumps({"CIDEr": cider}))
+    return folder
+
+
+class ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_summary_counts_a_run_folder_given_twice_once_with_a_warning(tmp_path, monkeypatch):
+    from metrics.summary import collect_runs
+
+    run = finished_run(tmp_path / "exp" / "person_s1", seed=1, cider=10.0)
+    other = finished_run(tmp_path / "exp" / "person_s2", seed=2, cider=20.0)
+    (tmp_path / "link").symlink_to(run)
+    monkeypatch.chdir(tmp_path / "exp")
+    warnings = ListHandler()  # evaluate.main replaces the logger's handlers: watch it directly
+    monkeypatch.setattr(logging.getLogger("motion2text"), "handlers", [warnings])
+    groups = collect_runs([run, Path("person_s1"), Path(f"{run}/"), tmp_path / "link", other, run])
+    assert [r["seed"] for r in groups[("exp", "person")]] == [1, 2]
+    assert len(warnings.messages) == 4 and all(str(run) in w for w in warnings.messages)
+    assert warnings.messages[0].startswith("--summary: person_s1 is ")
+    assert any(str(tmp_path / "link") in w for w in warnings.messages)
