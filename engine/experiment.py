@@ -42,9 +42,9 @@ def load_data(cfg: Config, with_train: bool = True):
     if cfg.BRANCH == 1 and not cfg.TASK.PRETRAIN:
         if cfg.DATA.STANDARD is None:
             raise UserError("config key DATA.STANDARD: missing, BRANCH 1 finetuning needs the standards file")
-        standards = load_standards(cfg.path(cfg.DATA.STANDARD))
+        standards = load_standards(cfg.path(cfg.DATA.STANDARD), cfg.DATA.MAX_FRAMES)
     kwargs = dict(pretrain=cfg.TASK.PRETRAIN, branch=cfg.BRANCH, segment=cfg.ALIGNMENT.REFERENCE_SEGMENT,
-                  standards=standards)
+                  standards=standards, max_frames=cfg.DATA.MAX_FRAMES)
     train_clips = load_dataset(cfg.path(cfg.DATA.TRAIN), **kwargs) if with_train else None
     test_clips = load_dataset(cfg.path(cfg.DATA.TEST), **kwargs)
     return train_clips, test_clips, standards
@@ -192,7 +192,8 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     train_retrieved, test_retrieved = retrieved_texts(cfg, train_clips, test_clips)
     label_index = cfg.RETRIEVAL.LABEL_INDEX if cfg.RETRIEVAL.LABEL_INDEX >= 0 else None
     train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment,
-                             retrieved=train_retrieved, label_index=label_index)
+                             retrieved=train_retrieved, label_index=label_index, tokenizer=tokenizer,
+                             max_label_tokens=cfg.DATA.MAX_LABEL_TOKENS)
     test_set = EvalDataset(test_clips, segment=segment, retrieved=test_retrieved)
     if cfg.EVAL.EARLY_STOP_PATIENCE and not all(c.get("labels") for c in test_clips):
         raise UserError(f"config key EVAL.EARLY_STOP_PATIENCE={cfg.EVAL.EARLY_STOP_PATIENCE}: DATA.TEST {cfg.DATA.TEST} "

@@ -133,7 +133,7 @@ def load_standards_for(cfg: Config) -> Optional[dict]:
         raise UserError("config key DATA.STANDARD: missing, BRANCH 1 finetuning needs the standards file")
     from dataloaders.formats import load_standards
 
-    return load_standards(cfg.path(cfg.DATA.STANDARD))
+    return load_standards(cfg.path(cfg.DATA.STANDARD), cfg.DATA.MAX_FRAMES)
 
 
 def load_inference_clips(cfg: Config, path: Path, standards: Optional[dict] = None,
@@ -144,7 +144,7 @@ def load_inference_clips(cfg: Config, path: Path, standards: Optional[dict] = No
     from dataloaders.formats import load_clips
     from dataloaders.validation import segment_keys, validate_clips
 
-    clips = load_clips(path)
+    clips = load_clips(path, cfg.DATA.MAX_FRAMES)
     use_standard = standards is not None
     if motion_type is not None:
         if use_standard and motion_type not in standards:
@@ -217,7 +217,7 @@ def retrieved_for(cfg: Config, clips: list[dict]) -> Optional[list[str]]:
     if path is None or not path.is_file():
         raise UserError(f"config key DATA.TRAIN: {path} not found; RETRIEVAL.NEIGHBOURS={cfg.RETRIEVAL.NEIGHBOURS} "
                         "gives the model the labels of the nearest training clips, so the training file is needed")
-    train = load_clips(path)
+    train = load_clips(path, cfg.DATA.MAX_FRAMES)
     validate_clips(train, path, require_labels=True, require_motion_type=not cfg.TASK.PRETRAIN)
     slot = cfg.RETRIEVAL.LABEL_INDEX
     return retrieval_prompts(train, clips, cfg.RETRIEVAL.NEIGHBOURS, slot=slot if slot >= 0 else None)

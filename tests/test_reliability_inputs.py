@@ -1,5 +1,6 @@
 """Hostile or oversized inputs are refused (or cropped) where they enter, with one line naming the file,
 the clip and the key: never a huge allocation, a numpy/torch traceback, or a silent truncation."""
+import importlib
 import logging
 import pickle
 
@@ -101,6 +102,42 @@ def test_max_frames_covers_standards_subtraction_and_npy(tmp_path):
         load_clips(tmp_path / "Jab.npy", max_frames=50)
 
 
+def _prediction_module():
+    """Where evaluate.py --checkpoint loads its data: engine.prediction (engine.inference before the split)."""
+    try:
+        return importlib.import_module("engine.prediction")
+    except ModuleNotFoundError:
+        return importlib.import_module("engine.inference")
+
+
+def test_config_max_frames_reaches_training_test_standard_and_checkpoint_data(tmp_path):
+    from engine.experiment import load_data
+    from tests.helpers import tiny_config
+
+    prediction = _prediction_module()
+    load_inference_clips, load_standards_for = prediction.load_inference_clips, prediction.load_standards_for
+    retrieved_for = prediction.retrieved_for
+
+    train = save_pickle(tmp_path / "train.pkl", [clip("t0", 30), clip("t1", 30)])
+    test = save_pickle(tmp_path / "test.pkl", [clip("long_test", 40)])
+    std = save_pickle(tmp_path / "std.pkl", [{"video_name": "Jab", "coordinates": torch.zeros(45, 66)}])
+    data = {"TRAIN": str(train), "TEST": str(test), "STANDARD": str(std), "MAX_FRAMES": 35}
+    cfg = tiny_config(DATA=data, TASK={"PRETRAIN": True}, BRANCH=0)
+    with pytest.raises(UserError, match=r"test.pkl: entry 0 \(video_name 'long_test'\).*DATA.MAX_FRAMES=35"):
+        load_data(cfg)
+    with pytest.raises(UserError, match=r"test.pkl: entry 0 \(video_name 'long_test'\).*DATA.MAX_FRAMES=35"):
+        load_inference_clips(cfg, test)  # evaluate.py --checkpoint
+    finetune = tiny_config(DATA=data, TASK={"PRETRAIN": False}, BRANCH=1)
+    with pytest.raises(UserError, match=r"std.pkl: entry 0 \(video_name 'Jab'\).*DATA.MAX_FRAMES=35"):
+        load_data(finetune)
+    with pytest.raises(UserError, match=r"std.pkl: entry 0 \(video_name 'Jab'\).*DATA.MAX_FRAMES=35"):
+        load_standards_for(finetune)
+    long_train = save_pickle(tmp_path / "long_train.pkl", [clip("long_train", 40)])
+    retrieval = tiny_config(DATA={**data, "TRAIN": str(long_train)}, RETRIEVAL={"NEIGHBOURS": 1})
+    with pytest.raises(UserError, match=r"long_train.pkl: entry 0 .*DATA.MAX_FRAMES=35"):
+        retrieved_for(retrieval, [clip("x", 5)])
+
+
 # ----------------------------------------------------------------------------- DATA.MAX_LABEL_TOKENS
 
 def test_long_training_label_is_cropped_with_one_warning_naming_the_clip(caplog):
@@ -119,6 +156,26 @@ def test_long_training_label_is_cropped_with_one_warning_naming_the_clip(caplog)
     assert len(warnings) == 1
     assert "DATA.MAX_LABEL_TOKENS=16: cropped 2 of 4 training labels" in warnings[0] and "'huge'" in warnings[0]
     assert collate([ds[1]])["texts"] == [texts[1]]
+
+
+def test_build_experiment_crops_training_labels_to_the_config_limit(tmp_path, caplog, one_thread):
+    from engine.experiment import build_experiment
+    from tests.cli_helpers import one_cpu_process
+    from tests.helpers import tiny_config
+
+    words = "a person walks forward raises the left arm".split()
+    huge = " ".join(words * 400)
+    train = save_pickle(tmp_path / "train.pkl", [clip(f"t{i}", 8, labels=[" ".join(words[i:]), huge])
+                                                 for i in range(3)])
+    test = save_pickle(tmp_path / "test.pkl", [clip("e0", 8, labels=[huge])])
+    cfg = tiny_config(DATA={"TRAIN": str(train), "TEST": str(test), "MAX_LABEL_TOKENS": 20}, BRANCH=0,
+                      LOGDIR=str(tmp_path / "exp"))
+    with caplog.at_level(logging.WARNING, logger="motion2text"):
+        exp = build_experiment(cfg, one_cpu_process())
+    labels = exp.model.codec.encode_targets([t for _, t in exp.train_set.index])
+    assert labels.shape[1] <= len(exp.model.codec.prompt_ids) + 20 + 1  # prompt + cropped caption + eos
+    assert any("MAX_LABEL_TOKENS=20: cropped 3 of 6 training labels" in r.getMessage() for r in caplog.records)
+    assert exp.test_set[0]["references"] == [huge]  # references are scored whole, never cropped
 
 
 # ----------------------------------------------------------------------------- labels as the scorer sees them
