@@ -118,6 +118,8 @@ def _expected(key) -> str:
 def _check_backed_by_data(x: torch.Tensor, where, key) -> None:
     """Refuse a tensor that declares more values than its storage holds (a stride-0 or overlapping view):
     copying it would allocate its declared size, however small the file."""
+    if x.layout != torch.strided:  # sparse tensors have no single storage to compare with
+        raise UserError(f"{where}: key {key!r} is a {x.layout} tensor, expected {_expected(key)} (a dense tensor)")
     stored = x.untyped_storage().nbytes() - x.storage_offset() * x.element_size()
     declared = x.numel() * x.element_size()
     if declared > stored:

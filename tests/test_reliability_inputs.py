@@ -214,6 +214,15 @@ def test_pickled_coordinates_that_are_not_real_numbers_are_refused(tmp_path, val
         load_clips(path)
 
 
+@pytest.mark.parametrize("key", ["coordinates", "extra"])
+def test_sparse_tensor_is_refused_naming_clip_and_key(tmp_path, key):
+    path = tmp_path / "sparse.pt"
+    torch.save([clip("s", **{key: torch.zeros(4, 66).to_sparse()})], path)
+    with pytest.raises(UserError, match=rf"sparse.pt: entry 0 \(video_name 's'\): key '{key}' is a torch.sparse_coo "
+                                        r"tensor, expected a float array \[frames, .*\] \(a dense tensor\)"):
+        load_clips(path)
+
+
 def test_pickle_renamed_npy_gets_our_message_not_numpys_allow_pickle_advice(tmp_path):
     path = save_pickle(tmp_path / "clip.npy", {"video_name": "x", "coordinates": np.zeros((4, 66))})
     with pytest.raises(UserError) as e:
