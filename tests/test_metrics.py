@@ -71,11 +71,13 @@ def direct_pycocoevalcap(predictions, references):
     return {k: 100.0 * float(v) for k, v in zip(METRIC_KEYS, vals)}
 
 
+@pytest.mark.slow
 def test_keys_are_the_exact_json_keys(scores):
     assert tuple(scores) == METRIC_KEYS
     assert all(isinstance(v, float) for v in scores.values())
 
 
+@pytest.mark.slow
 def test_values_equal_direct_pycocoevalcap_times_100(scores):
     expected = direct_pycocoevalcap(PREDICTIONS, REFERENCES)
     for key in METRIC_KEYS:
@@ -83,12 +85,14 @@ def test_values_equal_direct_pycocoevalcap_times_100(scores):
     assert 0 < scores["BLEU-4"] < 100 and scores["CIDEr"] > 1  # on the 0-100 scale, not 0-1
 
 
+@pytest.mark.slow
 def test_prediction_equal_to_a_reference_gives_bleu4_100(scorer):
     s = scorer.score(MATCHING, REFERENCES)
     assert s["BLEU-4"] == pytest.approx(100.0, abs=1e-6)
     assert s["BLEU-1"] == pytest.approx(100.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_shuffled_predictions_score_lower_on_bleu4_and_cider(scorer):
     ids = list(MATCHING)
     shuffled = {k: MATCHING[ids[(n + 1) % len(ids)]] for n, k in enumerate(ids)}
@@ -122,6 +126,7 @@ def test_reference_given_as_bare_string_is_a_user_error(scorer):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_newline_pipes_and_control_chars_do_not_hang_or_raise(scorer):
     refs = {"a": ["a person\nwalks ||| forward", "someone walks\r\x0cforward"], "b": ["a man jumps", "x\u2028y"]}
     preds = {"a": "a person walks\nforward ||| fast\x00", "b": "a man|||jumps\u2029"}
@@ -132,6 +137,7 @@ def test_newline_pipes_and_control_chars_do_not_hang_or_raise(scorer):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_empty_prediction_scores_zero_for_its_clip_without_error(scorer):
     preds = dict(MATCHING, c2="", c4="...")
     s = scorer.score(preds, REFERENCES)
@@ -140,6 +146,7 @@ def test_empty_prediction_scores_zero_for_its_clip_without_error(scorer):
     assert s["METEOR"] < full["METEOR"] and s["ROUGE-L"] == pytest.approx(full["ROUGE-L"] * 3 / 5)
 
 
+@pytest.mark.slow
 def test_line_separators_do_not_shift_captions_onto_other_clips(scorer):
     # U+2028 / \x0b / \x85 make Java's PTB tokenizer start a new line; unsanitised, every later clip would
     # be scored against the wrong caption.
@@ -152,12 +159,14 @@ def test_sanitize_caption_makes_one_clean_line():
     assert sanitize_caption("\n\t ") == ""
 
 
+@pytest.mark.slow
 def test_no_output_on_stdout_or_stderr(scorer, capfd):
     scorer.score(PREDICTIONS, REFERENCES)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
 
 
+@pytest.mark.slow
 def test_deterministic_two_calls_identical(scorer, scores):
     again = scorer.score(dict(reversed(list(PREDICTIONS.items()))), REFERENCES)
     assert again == scores
@@ -207,6 +216,7 @@ def test_meteor_false_omits_the_key():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_meteor_failure_discards_the_instance_instead_of_hanging(scorer):
     # pycocoevalcap's Meteor raises on a raw newline and keeps its lock held: the next call (or its __del__)
     # would block forever. The scorer must drop that instance, kill its JVM and start a fresh one.
