@@ -12,6 +12,7 @@ import os
 import sys
 
 from common.errors import UserError, exits_on_user_error
+from engine.run_lock import lock_experiment_folder
 
 log = logging.getLogger("motion2text")
 
@@ -56,12 +57,15 @@ def main(argv=None) -> int:
     from metrics.caption import CaptionScorer
     from models.tokenizer import save_tokenizer
 
+    lock = None
     try:
         dist = init_distributed(cfg.TRAIN.PG_TIMEOUT_S)
         logdir = cfg.logdir
         check_logdir(logdir)
-        # Nothing is written before the config, the data, the weights and Java have been checked: a rejected
-        # run leaves the experiment folder as it was (the log is kept in memory until then).
+        if not args.dry_run:  # a dry run writes nothing: it may look at a folder while a run trains there
+            lock = lock_experiment_folder(logdir, dist)
+        # Only the lock file is written before the config, the data, the weights and Java have been checked: a
+        # rejected run removes it and leaves the experiment folder as it was (the log is kept in memory until then).
         setup_logging(None, dist.rank, defer_file=dist.is_main and not args.dry_run)
         exp = build_experiment(cfg, dist)
         if args.dry_run:
@@ -73,11 +77,7 @@ def main(argv=None) -> int:
             return 0
         # Fails here without Java, not after an epoch. EVAL.SCORE false: predictions only, scored later.
         scorer = CaptionScorer(meteor=cfg.EVAL.METEOR) if cfg.EVAL.SCORE else None
-        if dist.is_main:
-            try:
-                logdir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"LOGDIR {logdir}: cannot create the experiment folder ({e.strerror or e})") from None
+        if dist.is_main:  # the lock created the folder
             attach_log_file(logdir / "train.log", dist.rank)
             save_config(cfg, logdir / "config_resolved.yaml")
             save_tokenizer(exp.model.codec.tokenizer, logdir / "tokenizer")
@@ -93,6 +93,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
+        if lock is not None:
+            lock.release()
         shutdown()
 
 
