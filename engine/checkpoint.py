@@ -59,11 +59,27 @@ TEMP_RE = re.compile(r"^\.epoch_\d{4,}(?:_step_\d+)?\.pt(?:\.sha256)?\.tmp(\d+)$
 
 def _remove_stale_temp_files(folder: Path) -> None:
     """Temp files of saves that were killed (kill -9, OOM, power loss) never count as checkpoints, but each
-    can be as large as a checkpoint: remove those of other processes (only one process saves per folder)."""
+    can be as large as a checkpoint: remove those whose process is gone. A live process's temp file is a save
+    in progress, never ours to delete."""
     for p in folder.iterdir():
         m = TEMP_RE.match(p.name)
-        if m and int(m.group(1)) != os.getpid():
+        if m and not _process_is_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
+
+
+def _process_is_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (temp names carry no host name)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:  # os.kill(0, ...) would signal our own process group
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _sort_key(path: Path) -> tuple[int, int]:

@@ -133,3 +133,26 @@ def test_a_refused_run_removes_the_lock_and_the_new_folder_it_made(data, tmp_pat
     assert "missing.pkl: file not found" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "runs").exists()
     assert sorted(p.name for p in cfg.parent.iterdir()) == ["config.yaml"]
+
+
+# ---- temp files of saves -----------------------------------------------------------------------------
+
+def test_a_save_removes_the_temp_files_of_dead_processes_only(tmp_path):
+    from engine.checkpoint import save_checkpoint
+
+    live = subprocess.Popen(["sleep", "120"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        leftovers = {"live": tmp_path / f".epoch_0002.pt.tmp{live.pid}",
+                     "own": tmp_path / f".epoch_0003.pt.sha256.tmp{os.getpid()}",
+                     "dead": tmp_path / f".epoch_0002.pt.tmp{dead.pid}"}
+        for path in leftovers.values():
+            path.write_bytes(b"partial")
+        save_checkpoint(tmp_path, "epoch_0001.pt", {"epoch": 1}, keep_last=3)
+        assert leftovers["live"].exists(), "the temp file of a save in progress was deleted"
+        assert leftovers["own"].exists()
+        assert not leftovers["dead"].exists()
+    finally:
+        live.kill()
+        live.wait()
