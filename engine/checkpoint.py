@@ -2,7 +2,10 @@
 
 A checkpoint `epoch_0007.pt` is valid only once its digest `epoch_0007.pt.sha256` exists and matches:
 the digest is written after the checkpoint is fully on disk, so a kill at any moment leaves either a
-valid checkpoint or one that is skipped. Files load with `torch.load(weights_only=True)` only.
+valid checkpoint or one that is skipped. The digest may also sit beside a symlink's target, and may be in
+`sha256sum`'s format. A file given by path without any digest (a copy made without it) is checked with the
+CRC32 checksums inside it instead, with a warning.
+Files load with `torch.load(weights_only=True)` only.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import logging
 import os
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -102,18 +106,83 @@ def _prune(folder: Path, keep_last: int, keep: tuple[str, ...] = ()) -> None:
         old.unlink(missing_ok=True)
 
 
+MISSING_DIGEST = "no integrity digest (the save did not finish)"
+DIGEST_MISMATCH = "integrity digest mismatch (truncated or corrupted file)"
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+# Digest-less files given by path whose inner checksums matched (check_without_digest): valid from then on, in
+# this process, so the checks that follow (`verify` before loading) accept them too.
+_checked_without_digest: set[Path] = set()
+
+
+def digest_file(path: Path) -> Optional[Path]:
+    """The digest of a checkpoint: beside it, or, for a symlink, beside the file it points to."""
+    candidates = [path.with_name(path.name + ".sha256")]
+    if path.is_symlink():
+        target = path.resolve()
+        candidates.append(target.with_name(target.name + ".sha256"))
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def verify(path: Path) -> Optional[str]:
     """None if the checkpoint is complete and intact, else the reason it is not."""
-    digest_file = path.with_name(path.name + ".sha256")
-    if not digest_file.is_file():
-        return "no integrity digest (the save did not finish)"
+    if not path.is_file():
+        return "the file is missing (a symlink to a removed file?)"
+    digest = digest_file(path)
+    if digest is None:
+        return None if path.resolve() in _checked_without_digest else MISSING_DIGEST
+    try:
+        expected = _read_digest(digest)
+    except OSError as e:
+        return f"cannot read its integrity digest {digest} ({e.strerror or e})"
+    if expected is None:
+        return f"unreadable integrity digest {digest} (expected 64 hex digits, as save_checkpoint and sha256sum write)"
+    try:
+        actual = _sha256(path)
+    except OSError as e:
+        return f"cannot read the file ({e.strerror or e})"
+    return None if actual == expected else DIGEST_MISMATCH
+
+
+def _read_digest(digest: Path) -> Optional[str]:
+    """The hex digest of a .sha256 file: `<hex>` (save_checkpoint) or `<hex>  <name>` / `<hex> *<name>` (sha256sum,
+    which puts a backslash first when the name needs escaping); None if it holds none."""
+    fields = digest.read_text(encoding="utf-8", errors="replace").split()
+    hex_digest = fields[0].lstrip("\\").lower() if fields else ""
+    return hex_digest if SHA256_RE.fullmatch(hex_digest) else None
+
+
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    if h.hexdigest() != digest_file.read_text().strip():
-        return "integrity digest mismatch (truncated or corrupted file)"
-    return None
+    return h.hexdigest()
+
+
+def check_without_digest(path: Path) -> None:
+    """A checkpoint given by path with no digest (e.g. copied without it): check the CRC32 that torch.save stores
+    for every record of its zip instead (torch.load never checks them), and warn; loading it completes the check.
+    A newest-checkpoint scan never calls this: there a missing digest means the save did not finish."""
+    if path.resolve() in _checked_without_digest:
+        return
+    problem = _inner_checksum_problem(path)
+    if problem is not None:
+        raise UserError(f"{path}: invalid checkpoint: no integrity digest beside it, and {problem}")
+    log.warning("%s: no integrity digest %s.sha256 beside it (copied without it?); verified instead by the "
+                "CRC32 checksums stored inside it (they match) and by loading it", path, path.name)
+    _checked_without_digest.add(path.resolve())
+
+
+def _inner_checksum_problem(path: Path) -> Optional[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_record = archive.testzip()
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return "it is not a complete checkpoint archive (truncated, or not written by torch.save)"
+    return None if bad_record is None else f"the checksum of its record {bad_record} does not match (corrupted file)"
 
 
 def checkpoint_file(path: Path, what: str) -> Path:
@@ -125,15 +194,25 @@ def checkpoint_file(path: Path, what: str) -> Path:
         return newest
     if not path.is_file():
         raise UserError(f"{what}: {path} not found, expected a checkpoint file or a folder of checkpoints")
+    if digest_file(path) is None:
+        check_without_digest(path)
     return path
 
 
 def load_checkpoint(path: Path, check_digest: bool = True) -> dict:
-    """Load a checkpoint with weights_only=True: a crafted file cannot run code."""
+    """Load a checkpoint with weights_only=True: a crafted file cannot run code. A file without a digest is
+    checked with its inner checksums."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    if check_digest and (reason := verify(path)):
-        raise UserError(f"{path}: invalid checkpoint: {reason}")
+    if check_digest:
+        if digest_file(path) is None:
+            check_without_digest(path)
+        elif reason := verify(path):
+            raise UserError(f"{path}: invalid checkpoint: {reason}")
+    return _torch_load(path)
+
+
+def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError/RuntimeError with paragraphs of advice: keep the cause

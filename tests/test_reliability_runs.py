@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import yaml
 
-from common.errors import EXIT_USER_ERROR
-from tests.cli_helpers import (REPO, explain, kill_group, run_train, start, tiny_data,
+from common.errors import EXIT_USER_ERROR, UserError
+from tests.cli_helpers import (REPO, captured_log, explain, kill_group, run_train, start, tiny_data,
                                train_cmd, write_experiment)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -156,3 +160,116 @@ def test_a_save_removes_the_temp_files_of_dead_processes_only(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# ---- digests of symlinked, copied and sha256sum-hashed checkpoints -------------------------------------
+
+def saved(folder: Path, epoch: int = 1) -> Path:
+    from engine.checkpoint import save_checkpoint
+
+    return save_checkpoint(folder, f"epoch_{epoch:04d}.pt", {"epoch": epoch, "model": {"w": torch.ones(4096) * epoch}},
+                           keep_last=9)
+
+
+def test_a_symlinked_checkpoint_is_checked_with_the_digest_beside_its_target(tmp_path):
+    from engine.checkpoint import checkpoint_file, load_checkpoint, newest_valid_checkpoint, verify
+
+    target = saved(tmp_path / "run" / "checkpoints", epoch=3)
+    link = tmp_path / "best.pt"
+    link.symlink_to(target)
+    assert verify(link) is None
+    assert checkpoint_file(link, "--checkpoint") == link
+    assert load_checkpoint(link)["epoch"] == 3
+    # A symlink inside a checkpoint folder counts in the newest-checkpoint scan too.
+    folder = tmp_path / "linked"
+    saved(folder, epoch=1)
+    (folder / "epoch_0003.pt").symlink_to(target)
+    assert newest_valid_checkpoint(folder) == folder / "epoch_0003.pt"
+
+
+@pytest.mark.parametrize("mode", ["text", "binary"])
+def test_a_digest_written_by_sha256sum_is_accepted(tmp_path, mode):
+    from engine.checkpoint import load_checkpoint, verify
+
+    path = saved(tmp_path)
+    flag = "-b" if mode == "binary" else "-t"
+    listing = subprocess.run(["sha256sum", flag, path.name], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert listing.stdout.endswith(f"  {path.name}\n") or listing.stdout.endswith(f" *{path.name}\n")
+    (tmp_path / f"{path.name}.sha256").write_text(listing.stdout)
+    assert verify(path) is None
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_a_copy_given_by_path_without_its_digest_is_checked_by_loading_but_a_scan_skips_it(tmp_path):
+    from engine.checkpoint import checkpoint_file, load_checkpoint, newest_valid_checkpoint
+
+    original = saved(tmp_path / "run", epoch=2)
+    copy = tmp_path / "copies" / "model.pt"
+    copy.parent.mkdir()
+    shutil.copyfile(original, copy)  # `cp epoch_0002.pt model.pt`: no digest comes along
+    with captured_log() as records:
+        assert checkpoint_file(copy, "--checkpoint") == copy
+        assert load_checkpoint(copy)["epoch"] == 2
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{copy}: no integrity digest model.pt.sha256 beside it")
+    assert "CRC32" in warnings[0]
+    # A copy made with its digest is a checkpoint like any other, warning-free.
+    shutil.copyfile(original, tmp_path / "copies" / "epoch_0002.pt")
+    shutil.copyfile(original.with_name("epoch_0002.pt.sha256"), tmp_path / "copies" / "epoch_0002.pt.sha256")
+    with captured_log() as records:
+        assert load_checkpoint(tmp_path / "copies" / "epoch_0002.pt")["epoch"] == 2
+    assert not records
+    # In a checkpoint folder a missing digest still means the save did not finish: the scan skips the file.
+    saved(tmp_path / "run", epoch=3).with_name("epoch_0003.pt.sha256").unlink()
+    with captured_log() as records:
+        assert newest_valid_checkpoint(tmp_path / "run") == original
+    assert [r.getMessage() for r in records] == [f"skipping checkpoint {tmp_path / 'run' / 'epoch_0003.pt'}: "
+                                                 "no integrity digest (the save did not finish)"]
+
+
+def test_every_refusal_names_its_cause(tmp_path):
+    from engine.checkpoint import load_checkpoint, verify
+
+    ok = saved(tmp_path / "a")
+    assert verify(ok) is None
+    flipped = saved(tmp_path / "b")
+    raw = bytearray(flipped.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    assert verify(flipped) == "integrity digest mismatch (truncated or corrupted file)"
+    garbled = saved(tmp_path / "c")
+    garbled.with_name("epoch_0001.pt.sha256").write_text("not a digest\n")
+    assert verify(garbled).startswith("unreadable integrity digest")
+    unfinished = saved(tmp_path / "d")
+    unfinished.with_name("epoch_0001.pt.sha256").unlink()
+    assert verify(unfinished) == "no integrity digest (the save did not finish)"
+    dangling = tmp_path / "gone.pt"
+    dangling.symlink_to(tmp_path / "nowhere.pt")
+    assert verify(dangling).startswith("the file is missing")
+    # Without a digest the file's own checksums decide, and the refusal says which one failed.
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(flipped.read_bytes())
+    with pytest.raises(UserError, match=r"copy\.pt: invalid checkpoint: no integrity digest beside it, and the "
+                                        r"checksum of its record .* does not match"):
+        load_checkpoint(copy)
+    copy.write_bytes(ok.read_bytes()[:200])
+    with pytest.raises(UserError, match="no integrity digest beside it, and it is not a complete checkpoint archive"):
+        load_checkpoint(copy)
+
+
+def test_evaluate_captions_with_a_checkpoint_copied_without_its_digest(trained, tmp_path, restore_logging, one_thread,
+                                                                        capsys):
+    import evaluate
+    from dataloaders.formats import load_clips
+
+    copy = tmp_path / "model.pt"
+    shutil.copyfile(trained / "pretrain_checkpoints" / "epoch_0001.pt", copy)
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())
+    npy = tmp_path / "recording.npy"
+    np.save(npy, load_clips(cfg["DATA"]["TEST"])[0]["coordinates"].numpy())
+    out = tmp_path / "preds.json"
+    code = evaluate.main(["--exp", str(trained), "--checkpoint", str(copy), "--data", str(npy), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"{copy}: no integrity digest model.pt.sha256 beside it" in err
+    assert out.is_file()
