@@ -4,7 +4,7 @@ A checkpoint `epoch_0007.pt` is valid only once its digest `epoch_0007.pt.sha256
 the digest is written after the checkpoint is fully on disk, so a kill at any moment leaves either a
 valid checkpoint or one that is skipped. The digest may also sit beside a symlink's target, and may be in
 `sha256sum`'s format. A file given by path without any digest (a copy made without it) is checked with the
-CRC32 checksums inside it instead, with a warning.
+CRC32 checksums inside it instead, with a warning. Weights with NaN or inf are never saved or loaded.
 Files load with `torch.load(weights_only=True)` only.
 """
 from __future__ import annotations
@@ -36,6 +36,10 @@ def checkpoint_name(epoch: int, step_in_epoch: int = 0) -> str:
 
 def save_checkpoint(folder: Path, name: str, state: dict, keep_last: int, keep: tuple[str, ...] = ()) -> Path:
     """Write `folder/name` atomically with its digest, then prune to the newest `keep_last` (+ `keep` names)."""
+    bad = _first_non_finite(state.get("model"))
+    if bad is not None:
+        raise UserError(f"{folder / name}: not saved: model tensor {bad!r} holds NaN or inf; the previous "
+                        f"checkpoints in {folder} are intact")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
@@ -201,7 +205,7 @@ def checkpoint_file(path: Path, what: str) -> Path:
 
 def load_checkpoint(path: Path, check_digest: bool = True) -> dict:
     """Load a checkpoint with weights_only=True: a crafted file cannot run code. A file without a digest is
-    checked with its inner checksums."""
+    checked with its inner checksums; one whose model weights hold NaN or inf is refused."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     if check_digest:
@@ -209,7 +213,12 @@ def load_checkpoint(path: Path, check_digest: bool = True) -> dict:
             check_without_digest(path)
         elif reason := verify(path):
             raise UserError(f"{path}: invalid checkpoint: {reason}")
-    return _torch_load(path)
+    state = _torch_load(path)
+    bad = _first_non_finite(state.get("model") if isinstance(state, dict) else None)
+    if bad is not None:
+        raise UserError(f"{path}: model tensor {bad!r} holds NaN or inf; a checkpoint with non-finite weights is "
+                        "never loaded")
+    return state
 
 
 def _torch_load(path: Path):
@@ -220,6 +229,16 @@ def _torch_load(path: Path):
 
         raise UserError(f"{path}: refused or unreadable checkpoint ({_first_line(e)}); only checkpoints written "
                         f"by train_t5_stagcn.py are loaded, never code") from None
+
+
+def _first_non_finite(weights) -> Optional[str]:
+    """The key of the first floating-point tensor of a state dict that holds NaN or inf, else None."""
+    if not isinstance(weights, dict):
+        return None
+    for key, tensor in weights.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return key
+    return None
 
 
 def newest_valid_checkpoint(folder: Path) -> Optional[Path]:

@@ -6,6 +6,7 @@ The launches are real subprocesses (tests/cli_helpers); the rest calls the entry
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -273,3 +274,31 @@ def test_evaluate_captions_with_a_checkpoint_copied_without_its_digest(trained, 
     assert code == 0, err
     assert f"{copy}: no integrity digest model.pt.sha256 beside it" in err
     assert out.is_file()
+
+
+# ---- non-finite weights -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_never_saved(tmp_path, bad_value):
+    from engine.checkpoint import newest_valid_checkpoint, save_checkpoint
+
+    saved(tmp_path, epoch=1)
+    before = snapshot(tmp_path)
+    weights = {"encoder.ok": torch.ones(8), "encoder.bad": torch.tensor([1.0, bad_value]), "later": torch.ones(2)}
+    with pytest.raises(UserError) as e:
+        save_checkpoint(tmp_path, "epoch_0002.pt", {"epoch": 2, "model": weights}, keep_last=9)
+    assert str(e.value) == (f"{tmp_path / 'epoch_0002.pt'}: not saved: model tensor 'encoder.bad' holds NaN or inf; "
+                            f"the previous checkpoints in {tmp_path} are intact")
+    assert snapshot(tmp_path) == before
+    assert newest_valid_checkpoint(tmp_path) == tmp_path / "epoch_0001.pt"
+
+
+def test_a_checkpoint_with_nan_weights_is_never_loaded(tmp_path):
+    from engine.checkpoint import load_checkpoint
+
+    path = tmp_path / "epoch_0001.pt"
+    torch.save({"epoch": 1, "model": {"t5.shared.weight": torch.tensor([[0.5, float("nan")]])}}, path)
+    path.with_name("epoch_0001.pt.sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest())
+    with pytest.raises(UserError, match=r"epoch_0001\.pt: model tensor 't5\.shared\.weight' holds NaN or inf; a "
+                                        r"checkpoint with non-finite weights is never loaded"):
+        load_checkpoint(path)
