@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -106,6 +107,33 @@ def check_args(a: argparse.Namespace) -> None:
         raise UserError(f"--batch-size {a.batch_size}: expected >= 1")
     if a.max_plots < 0:
         raise UserError(f"--max-plots {a.max_plots}: expected >= 0")
+    check_output_paths(a)
+
+
+def check_output_paths(a: argparse.Namespace) -> None:
+    """No output replaces an input or another output, and the picture folder is not a file: checked before
+    anything is written (a late failure would leave metrics.json or predictions behind)."""
+    paths = {"--data": a.data, "--pred": a.pred, "--ann": a.ann, "--out": a.out, "--json": a.json}
+    for out_flag in ("--out", "--json"):
+        out = paths[out_flag]
+        for other_flag, other in paths.items():
+            if out and other and other_flag != out_flag and same_file(out, other):
+                raise UserError(f"{out_flag} {out}: is the same file as {other_flag} {other}; writing it would "
+                                f"overwrite that file, give {out_flag} another path")
+    plots = Path(a.plot_attention) if a.plot_attention else None
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise UserError(f"--plot-attention {plots}: exists and is not a folder, expected the folder for the PNGs "
+                        "(created if missing)")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file: equal once resolved (symlinks, `..`), or hard links of one file."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
 
 
 def make_scorer(a, default_meteor: bool = True):

@@ -10,9 +10,10 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
-from common.errors import UserError, exits_on_user_error
-from engine.run_lock import lock_experiment_folder
+from common.errors import UserError, exits_on_user_error, sample_names
+from engine.run_lock import LOCK_NAME, lock_experiment_folder
 
 log = logging.getLogger("motion2text")
 
@@ -33,11 +34,30 @@ def parse_args(argv=None) -> argparse.Namespace:
 _KEEP_ALIVE: list = []
 
 
-def check_logdir(logdir) -> None:
-    """The experiment folder must be a folder (or not exist yet): checked before anything is built."""
-    if logdir.exists() and not logdir.is_dir():
+# Any of these in LOGDIR makes it an experiment folder that training may write into (and resume from).
+EXPERIMENT_ENTRIES = frozenset({"config.yaml", "config_resolved.yaml", "train.log", "checkpoints",
+                                "pretrain_checkpoints"})
+
+
+def check_logdir(logdir: Path) -> None:
+    """The experiment folder: new, empty, or an experiment's. Checked before anything is built or written, so a
+    mistyped LOGDIR never overwrites a user's files with tokenizer/, jsons/ or train.log."""
+    resolved = logdir.resolve()
+    if resolved == resolved.parent or resolved == Path.home().resolve():
+        what = "a file system root" if resolved == resolved.parent else "your home folder"
+        raise UserError(f"LOGDIR {logdir}: is {what}, expected an experiment folder such as results/<exp>")
+    if not logdir.exists():
+        return
+    if not logdir.is_dir():
         raise UserError(f"LOGDIR {logdir}: exists and is not a folder, expected the experiment folder "
                         "(default: the folder holding config.yaml)")
+    try:
+        entries = {p.name for p in logdir.iterdir()} - {LOCK_NAME}
+    except OSError as e:
+        raise UserError(f"LOGDIR {logdir}: cannot read the folder ({e.strerror or e})") from None
+    if entries and not entries & EXPERIMENT_ENTRIES:
+        raise UserError(f"LOGDIR {logdir}: holds files that are not an experiment's ({sample_names(entries)}) and "
+                        f"none of {', '.join(sorted(EXPERIMENT_ENTRIES))}; give a new or empty folder")
 
 
 @exits_on_user_error

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 import yaml
 
 from common.errors import EXIT_USER_ERROR, UserError
-from tests.cli_helpers import (REPO, captured_log, explain, kill_group, run_train, start, tiny_data,
+from tests.cli_helpers import (REPO, captured_log, explain, kill_group, run, run_train, start, tiny_data,
                                train_cmd, write_experiment)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
@@ -302,3 +303,80 @@ def test_a_checkpoint_with_nan_weights_is_never_loaded(tmp_path):
     with pytest.raises(UserError, match=r"epoch_0001\.pt: model tensor 't5\.shared\.weight' holds NaN or inf; a "
                                         r"checkpoint with non-finite weights is never loaded"):
         load_checkpoint(path)
+
+
+# ---- LOGDIR and evaluate outputs never overwrite a user's files -----------------------------------------
+
+def test_a_logdir_holding_unrelated_files_is_refused_before_anything_is_written(data, tmp_path, capsys,
+                                                                                 restore_logging, one_thread):
+    import train_t5_stagcn
+
+    mine = tmp_path / "my_project"
+    (mine / "tokenizer").mkdir(parents=True)
+    (mine / "tokenizer" / "vocab.txt").write_text("my vocabulary\n")
+    (mine / "jsons").mkdir()
+    (mine / "jsons" / "notes.json").write_text("{}\n")
+    (mine / "paper.tex").write_text("\\section{Results}\n")
+    before = snapshot(mine)
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False},
+                           EVAL={"SCORE": False})
+    code = train_t5_stagcn.main(["--cfg_file", str(cfg), "--set", f"LOGDIR={mine}"])
+    assert code == EXIT_USER_ERROR
+    line = one_error_line(capsys.readouterr().err)
+    assert f"LOGDIR {mine}: holds files that are not an experiment's ('jsons', 'paper.tex', 'tokenizer')" in line
+    assert snapshot(mine) == before
+
+
+@pytest.mark.parametrize("where", ["root", "home"])
+def test_a_logdir_that_is_the_file_system_root_or_the_home_folder_is_refused(data, tmp_path, monkeypatch, capsys,
+                                                                             restore_logging, where):
+    import train_t5_stagcn
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    logdir, what = (Path("/"), "a file system root") if where == "root" else (home, "your home folder")
+    cfg = write_experiment(tmp_path / "exp", data)
+    # --dry-run: even the code before this fix wrote nothing there in a dry run.
+    code = train_t5_stagcn.main(["--cfg_file", str(cfg), "--dry-run", "--set", f"LOGDIR={logdir}"])
+    assert code == EXIT_USER_ERROR
+    assert f"LOGDIR {logdir}: is {what}" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_logdir_that_cannot_be_written_is_one_line_not_a_traceback(data, tmp_path):
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False},
+                           EVAL={"SCORE": False})
+    res = run_train(cfg, "--set", "LOGDIR=/proc", timeout=120)
+    assert res.returncode == EXIT_USER_ERROR, explain(res)
+    assert one_error_line(res.stderr).startswith("error: LOGDIR /proc: ")
+
+
+@pytest.mark.parametrize("flags", [("--out", "--data"), ("--json", "--pred"), ("--out", "--data", "symlink")])
+def test_evaluate_refuses_an_output_that_is_one_of_its_inputs(tmp_path, capsys, restore_logging, flags):
+    import evaluate
+
+    inp = tmp_path / "input.json"
+    inp.write_text('{"c0": "a person walks"}\n')
+    out = inp
+    if "symlink" in flags:
+        out = tmp_path / "link.json"
+        out.symlink_to(inp)
+    refs = tmp_path / "refs.json"
+    refs.write_text('{"c0": ["a person walks"]}\n')
+    if flags[0] == "--json":
+        argv = ["--pred", str(inp), "--ann", str(refs), "--json", str(out), "--no-meteor"]
+    else:
+        argv = ["--exp", str(tmp_path), "--checkpoint", "latest", "--data", str(inp), "--out", str(out)]
+    assert evaluate.main(argv) == EXIT_USER_ERROR
+    assert f"{flags[0]} {out}: is the same file as {flags[1]} {inp}" in one_error_line(capsys.readouterr().err)
+    assert inp.read_text() == '{"c0": "a person walks"}\n'
+
+
+def test_plot_attention_onto_an_existing_file_is_refused_before_metrics_json_is_written(trained, tmp_path):
+    picture = tmp_path / "figure.png"
+    picture.write_bytes(b"my figure")
+    res = run([sys.executable, EVALUATE, "--exp", trained, "--no-meteor", "--plot-attention", picture], timeout=120)
+    assert res.returncode == EXIT_USER_ERROR, explain(res)
+    assert f"--plot-attention {picture}: exists and is not a folder" in one_error_line(res.stderr)
+    assert not (trained / "metrics.json").exists()
+    assert picture.read_bytes() == b"my figure"
