@@ -201,7 +201,7 @@ def score_experiment(a, cfg) -> int:
 def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) -> None:
     """The trained model next to what it must beat, all on the same test clips."""
     from engine.experiment import load_data
-    from engine.inference import default_device, untrained_model_captions
+    from engine.prediction import default_device, untrained_model_captions
     from metrics.baselines import label_position_scores, score_baselines, strongest_line
     from metrics.report import format_table
 
@@ -268,14 +268,17 @@ def summarize_runs(a) -> int:
     from metrics.caption import METRIC_KEYS
     from metrics.summary import collect_runs, markdown_table
 
-    groups = collect_runs([Path(r) for r in a.summary])
+    from engine.config_loader import load_config
+
+    groups = collect_runs([Path(r) for r in a.summary], load_config)
     print(markdown_table(groups, list(METRIC_KEYS), make_scorer(a) if a.baselines else None))
     return 0
 
 
 def run_checkpoint(a, cfg) -> int:
-    from engine.inference import (default_device, generate_captions, labels_state, load_inference_clips,
-                                  load_model, load_standards_for, resolve_checkpoint)
+    from engine.prediction import (default_device, generate_captions, labels_state, load_inference_clips,
+                                   load_standards_for)
+    from engine.weights import load_model, resolve_checkpoint
     from metrics.report import format_table, write_json
 
     path = resolve_checkpoint(cfg, a.checkpoint)
@@ -317,11 +320,14 @@ def run_checkpoint(a, cfg) -> int:
 
 
 def motion_control(a, cfg, model, clips, segment, scorer, device, path: Path, data: Path) -> int:
+    from engine.prediction import captions_of
     from metrics.motion_control import CONDITIONS, motion_control_json, motion_control_rows, run_motion_control
     from metrics.report import format_table, write_json
 
     log.info("motion control: captioning %d clip(s) of %s with %s three times on %s", len(clips), data, path, device)
-    result = run_motion_control(model, clips, cfg, segment, a.batch_size or cfg.DATA.EVAL_BATCH_SIZE, device, scorer)
+    batch_size = a.batch_size or cfg.DATA.EVAL_BATCH_SIZE
+    result = run_motion_control(lambda inputs: captions_of(model, inputs, cfg, segment, batch_size, device),
+                                clips, scorer)
     for condition in CONDITIONS:
         write_json(cfg.logdir / "inference" / f"{path.stem}_{data.stem}_{condition}.json", result["captions"][condition])
     keys = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in scorer.keys]

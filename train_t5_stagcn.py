@@ -61,7 +61,8 @@ def check_logdir(logdir: Path) -> None:
 
 
 @exits_on_user_error
-def main(argv=None) -> int:
+def main(argv=None, callbacks: tuple = ()) -> int:
+    """`callbacks`: extra engine.callbacks.Callback objects for the trainer (the benchmarks record timings)."""
     args = parse_args(argv)
     # The config is checked before the heavy imports (torch, transformers: seconds): `--help` and config
     # errors answer at once.
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
             attach_log_file(logdir / "train.log", dist.rank)
             save_config(cfg, logdir / "config_resolved.yaml")
             save_tokenizer(exp.model.codec.tokenizer, logdir / "tokenizer")
-        trainer = Trainer(exp, dist)
+        trainer = Trainer(exp, dist, callbacks)
         _KEEP_ALIVE.append(trainer)
         trainer.fit(scorer if dist.is_main else None)
         log.info("done: checkpoints in %s, predictions in %s", cfg.checkpoint_dir, logdir / "jsons")

@@ -1,7 +1,7 @@
 """Where in the standard motion does the learner's clip start? A vectorised sliding-window search.
 
 The original looped over samples, windows and frames in Python and crashed when a learner clip was
-longer than its standard (defect 6). Here the standard is extended by repeating its last frame, so a
+longer than its standard (the original crashed there). Here the standard is extended by repeating its last frame, so a
 longer learner clip simply aligns at frame 0.
 """
 from __future__ import annotations

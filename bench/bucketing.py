@@ -1,4 +1,4 @@
-"""Padding waste with and without length bucketing (issue 8), pure sampler computation, no model.
+"""Padding waste with and without length bucketing, pure sampler computation, no model.
 
     python -m bench.bucketing [--clips 29232] [--batch-size 32] [--ranks 8] [--epochs 3] [--seed 0]
 

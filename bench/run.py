@@ -1,4 +1,4 @@
-"""Training and generation speed of the real model against the hardware it runs on (issue 6).
+"""Training and generation speed of the real model against the hardware it runs on.
 
     python bench/run.py [--quick] [--device cpu|cuda] [--threads N] [--out bench/results.json]
                         [--only train stagcn generate scaling memory] [--profile]
@@ -7,8 +7,8 @@ Prints a table and writes a flat JSON (keys with dots, e.g. ``train_samples_per_
 machine, the settings and the CPU load of other processes during every section. What is measured:
 
 - ``train_samples_per_s.branch{0,1}``: batch size / median time of one training step of the model that
-  ``models.motion2text.build_motion2text`` builds (design sizes: HIDDEN 32, OUT 128, T5 d_model 512, 6+6
-  layers, 8 heads, d_ff 2048, TIME_POOL): forward, backward and ``Trainer._optimizer_step`` (AdamW with the
+  ``engine.weights.build_model`` builds (published sizes: HIDDEN 32, OUT 128, T5 d_model 512, 6+6
+  layers, 8 heads, d_ff 2048, TIME_POOL): forward, backward and ``engine.optim.OptimizerStep`` (AdamW with the
   trainer's parameter groups, clip 1.0, GradScaler, linear schedule), autocast as the trainer chooses.
   BX-like data: clip lengths normal(61, 12) clipped to 32–96 frames (BX_train's quartiles 53/60/69), each
   batch padded to its longest clip; captions of 5–26 words (~17 tokens); branch 1 finetunes against the
@@ -50,9 +50,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,11 +60,13 @@ if str(REPO) not in sys.path:  # `python bench/run.py` puts bench/, not the repo
 
 import torch  # noqa: E402
 
+from models.config import Generation  # noqa: E402
+
 RESULT_TAG = "BENCH_RESULT "  # the line a worker process prints its JSON result on
 REQUIRED_KEYS = ("train_samples_per_s.branch0", "train_samples_per_s.branch1", "generate_captions_per_s.bs1",
                  "generate_captions_per_s.bs32", "stagcn_matmul_peak_ratio", "weak_scaling_efficiency")
 SECTIONS = ("train", "stagcn", "generate", "scaling", "memory")
-# The research code this replaces, 2-core CPU, same shapes (issue 6).
+# Quoted, not measured by bench/: the research code this replaces, 2-core CPU, same shapes.
 ORIGINAL = {"train_samples_per_s.branch0": 1.63, "train_samples_per_s.branch1": 0.89,
             "generate_captions_per_s.bs1": 1.41}
 STANDARD_TYPES = ("Jab", "Cross")  # BX's two techniques
@@ -254,11 +255,11 @@ def random_lengths(n: int, sizes: Sizes, rng: random.Random) -> list[int]:
 
 
 def build_model(sizes: Sizes, branch: int, device: torch.device, seed: int = 0):
-    from models.motion2text import build_motion2text
+    from engine import weights
 
     torch.manual_seed(seed)
     cfg = bench_config(sizes, branch)
-    model = build_motion2text(cfg, bench_tokenizer(sizes), standards=standards_for(sizes) if branch == 1 else None)
+    model = weights.build_model(cfg, bench_tokenizer(sizes), standards=standards_for(sizes) if branch == 1 else None)
     return model.to(device), cfg
 
 
@@ -267,33 +268,29 @@ def move(batch: dict, device: torch.device) -> dict:
 
 
 class TrainStep:
-    """One optimizer step exactly as engine/trainer.py takes it (no accumulation): autocast forward, scaled
-    backward, then the trainer's own ``_optimizer_step`` (unscale, clip, step, scaler update, zero, schedule)."""
+    """One optimizer step as engine/trainer.py takes it (no accumulation): autocast forward, scaled backward,
+    then engine.optim.OptimizerStep, the trainer's own (unscale, clip, step, scaler update, zero, schedule)."""
 
     def __init__(self, model, cfg, device: torch.device, module=None):
-        from engine.trainer import Trainer, autocast_dtype
-        from transformers import get_linear_schedule_with_warmup
+        from engine.optim import OptimizerStep, build_optimizer, build_scheduler
+        from engine.precision import autocast_dtype
 
         self.model, self.module, self.device = model, module or model, device
         self.amp_dtype = autocast_dtype(cfg, device)
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.OPTIMIZER.WEIGHT_DECAY},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.OPTIMIZER.LR)
-        # The attributes Trainer._optimizer_step reads: the real method runs, not a copy of it.
-        self.state = SimpleNamespace(
-            cfg=cfg, model=model, optimizer=optimizer, bad_steps=0, global_step=0,
-            scaler=torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16),
-            scheduler=get_linear_schedule_with_warmup(optimizer, cfg.OPTIMIZER.WARMUP_STEPS, 10 ** 6))
-        self._optimizer_step = functools.partial(Trainer._optimizer_step, self.state)
+        optimizer = build_optimizer(model, cfg.OPTIMIZER)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.optimizer_step = OptimizerStep(model, optimizer, build_scheduler(optimizer, cfg.OPTIMIZER.WARMUP_STEPS,
+                                                                              10 ** 6), self.scaler,
+                                            cfg.OPTIMIZER.GRAD_CLIP)
 
     def __call__(self, batch: dict, labels: torch.Tensor) -> float:
         self.module.train()
+        self.optimizer_step.remember()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             loss = self.module(batch, labels)
-        self.state.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()
         value = loss.item()  # the trainer reads the loss every step as well
-        self._optimizer_step()
+        self.optimizer_step()
         return value
 
 
@@ -456,15 +453,14 @@ def exact_new_tokens(model, n: int):
 def bench_generate(sizes: Sizes, device: torch.device, model=None, cfg=None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.trainer import autocast_dtype
+    from engine.precision import autocast_dtype
 
     if model is None:
         model, cfg = build_model(sizes, 0, device)
     model.eval()
     amp = autocast_dtype(cfg, device)
-    greedy = replace(cfg.GENERATION, NUM_BEAMS=1, REPETITION_PENALTY=3.5, LENGTH_PENALTY=1.0,
-                     MAX_LENGTH=sizes.new_tokens)
-    beam = replace(greedy, NUM_BEAMS=3, REPETITION_PENALTY=5.0, LENGTH_PENALTY=3.0)
+    greedy = Generation(num_beams=1, repetition_penalty=3.5, length_penalty=1.0, max_length=sizes.new_tokens)
+    beam = Generation(num_beams=3, repetition_penalty=5.0, length_penalty=3.0, max_length=sizes.new_tokens)
     rng = random.Random(3)
     singles = [move(make_batch(random_lengths(1, sizes, rng), 200 + i, sizes)[0], device)
                for i in range(sizes.gen_bs1_clips)]
@@ -699,15 +695,15 @@ def profile_report(sizes: Sizes, device: torch.device, out_path: Path) -> str:
         marks = {}
 
         def pre(name):
-            def hook(module, args, kwargs=None):
+            def hook(module, args, kwargs=None):  # used and removed within this loop iteration
                 sync(device)
-                marks[name] = time.perf_counter()
+                marks[name] = time.perf_counter()  # noqa: B023
             return hook
 
         def post(name):
             def hook(module, args, output):
                 sync(device)
-                phases[name] += time.perf_counter() - marks[name]
+                phases[name] += time.perf_counter() - marks[name]  # noqa: B023 (this iteration's dicts)
             return hook
 
         handles = [model.encoder.register_forward_pre_hook(pre("encoder_fwd")),
@@ -721,7 +717,7 @@ def profile_report(sizes: Sizes, device: torch.device, out_path: Path) -> str:
         loss.backward()
         sync(device)
         t2 = time.perf_counter()
-        step._optimizer_step()
+        step.optimizer_step()
         sync(device)
         t3 = time.perf_counter()
         for h in handles:
@@ -736,7 +732,7 @@ def profile_report(sizes: Sizes, device: torch.device, out_path: Path) -> str:
         if branch == 0:
             model.eval()
             big = move(make_batch(random_lengths(sizes.gen_big_batch, sizes, rng), 300, sizes)[0], device)
-            gen = replace(cfg.GENERATION, NUM_BEAMS=1, REPETITION_PENALTY=3.5, MAX_LENGTH=sizes.new_tokens)
+            gen = Generation(num_beams=1, repetition_penalty=3.5, max_length=sizes.new_tokens)
             with exact_new_tokens(model, sizes.new_tokens):
                 model.generate(big, gen)  # warm-up
                 with profile(activities=[ProfilerActivity.CPU]) as prof:

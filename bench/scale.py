@@ -1,4 +1,4 @@
-"""Length bucketing's training speed-up, and memory of a 30,000-clip run (issue 8, the two measurements).
+"""Length bucketing's training speed-up, and memory of a 30,000-clip run.
 
     python -m bench.scale [--quick] [--only throughput memory] [--out bench/scale_results.json]
                           [--clips 256] [--batch-size 16] [--timed-epochs 2] [--threads 2] [--repeats 1]
@@ -13,10 +13,9 @@ shapes and sizes matter here, not the motion.
 1. **Throughput** (``throughput``): ``train_t5_stagcn.py``'s own ``main()`` runs in a fresh process (one
    process, ``OMP_NUM_THREADS=--threads``, ``DATA.NUM_WORKERS`` 0), once with
    ``--set DATA.BUCKET_BY_LENGTH=false`` and once with ``=true``, each in its own experiment folder. The
-   real loop, sampler, collate, model and optimizer run unchanged; the child only wraps three functions to
-   record timestamps and the lengths of every batch the loop consumed (``Trainer._train_epoch``,
-   ``Trainer._optimizer_step``, ``engine.trainer.move_batch``). Epoch 1 is warm-up (allocator, oneDNN
-   kernel selection) and is excluded; samples/s = samples of the timed epochs / their summed wall time
+   real loop, sampler, collate, model and optimizer run unchanged; the child passes one
+   ``engine.callbacks.Callback`` that records timestamps and the lengths of every batch the loop consumed
+   (an epoch is timed from its first batch). Epoch 1 is warm-up (allocator, oneDNN kernel selection) and is excluded; samples/s = samples of the timed epochs / their summed wall time
    (whole epochs, so every batch of the epoch counts, not a lucky run of short ones). Checkpointing and
    the one evaluation at the end happen between epochs and are not in the timing; ``train.log``'s own epoch
    times are reported next to ours as a cross-check. The padded fraction is computed from the batches the
@@ -265,40 +264,32 @@ def child_env(threads: int) -> dict:
 # ---- child: the training script with timestamps --------------------------------------------------
 
 def child_train(argv: list[str]) -> None:
-    """Run train_t5_stagcn.main(argv) with three thin wrappers that only record what happened."""
+    """Run train_t5_stagcn.main(argv) with a callback that only records what happened."""
     import torch
 
-    import engine.trainer as trainer_mod
     import train_t5_stagcn
+    from engine.callbacks import Callback
 
     epochs: list[dict] = []
     info: dict = {}
-    orig_init, orig_epoch = trainer_mod.Trainer.__init__, trainer_mod.Trainer._train_epoch
-    orig_step, orig_move = trainer_mod.Trainer._optimizer_step, trainer_mod.move_batch
 
-    def __init__(self, exp, dist):
-        orig_init(self, exp, dist)
-        info.update(params=sum(p.numel() for p in self.model.parameters()), samples=len(exp.train_set),
-                    batches_per_epoch=len(self.sampler), torch_threads=torch.get_num_threads())
-
-    def _train_epoch(self):
-        epochs.append({"epoch": self.epoch + 1, "batches": [], "step_t": [], "start": time.perf_counter()})
-        loss = orig_epoch(self)
-        epochs[-1]["end"] = time.perf_counter()
-        return loss
-
-    def _optimizer_step(self):
-        orig_step(self)
-        epochs[-1]["step_t"].append(time.perf_counter())
-
-    def move_batch(batch, device):  # the training loop's only look at each batch: record its lengths
-        if epochs and "lengths" in batch:
+    class Record(Callback):
+        def before_batch(self, trainer, epoch, index, batch):
+            if not epochs or epochs[-1]["epoch"] != epoch:
+                if not info:
+                    info.update(params=sum(p.numel() for p in trainer.model.parameters()),
+                                samples=len(trainer.exp.train_set), batches_per_epoch=len(trainer.sampler),
+                                torch_threads=torch.get_num_threads())
+                epochs.append({"epoch": epoch, "batches": [], "step_t": [], "start": time.perf_counter()})
             epochs[-1]["batches"].append(batch["lengths"].tolist())
-        return orig_move(batch, device)
 
-    trainer_mod.Trainer.__init__, trainer_mod.Trainer._train_epoch = __init__, _train_epoch
-    trainer_mod.Trainer._optimizer_step, trainer_mod.move_batch = _optimizer_step, move_batch
-    code = train_t5_stagcn.main(argv)
+        def after_optimizer_step(self, trainer, loss, grad_norm, stepped):
+            epochs[-1]["step_t"].append(time.perf_counter())
+
+        def after_epoch(self, trainer, epoch, mean_loss):
+            epochs[-1]["end"] = time.perf_counter()
+
+    code = train_t5_stagcn.main(argv, callbacks=(Record(),))
     emit({"exit_code": code, "info": info, "epochs": epochs})
     sys.stdout.flush()
     os._exit(0 if code == 0 else 1)  # as the script's __main__: skip gloo/DDP teardown at exit

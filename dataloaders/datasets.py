@@ -1,7 +1,7 @@
 """Datasets over validated clips, the batch collate function, and `load_dataset` (load + validate).
 
 Datasets yield raw labels; the model prepends the task prompt (pretrain/finetune), so the two prompts
-live here once and are never swapped (design §7.4).
+live here once and are never swapped (the original swapped them at evaluation).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Encoder input features (design §4): joint positions and bone vectors, layout [..., 6, T, 22]."""
+"""Encoder input features: joint positions and bone vectors, layout [..., 6, T, 22]."""
 from __future__ import annotations
 
 import torch

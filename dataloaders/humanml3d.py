@@ -1,4 +1,4 @@
-"""Convert the public HumanML3D release into our pickle format (issue 8).
+"""Convert the public HumanML3D release into our pickle format.
 
     python -m dataloaders.humanml3d --root PATH/HumanML3D --split train --out data/hml3d_train.pkl \
         [--mirrors] [--max-frames N] [--min-frames 2] [--fps 20]

@@ -1,4 +1,4 @@
-"""Samplers for distributed training and evaluation (issue 8).
+"""Samplers for distributed training and evaluation.
 
 ``BucketedDistributedSampler`` — a *batch* sampler for training (pass it as ``batch_sampler=`` to the
 DataLoader, one instance per rank). Per epoch, deterministic in ``(seed, epoch)``:

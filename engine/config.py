@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 from common.errors import UserError
 from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
+from models.config import Generation, MotionToTextConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -196,6 +197,24 @@ class Config:
     @property
     def checkpoint_dir(self) -> Path:
         return self.logdir / ("pretrain_checkpoints" if self.TASK.PRETRAIN else "checkpoints")
+
+    @property
+    def generation(self) -> Generation:
+        g = self.GENERATION
+        return Generation(num_beams=g.NUM_BEAMS, repetition_penalty=g.REPETITION_PENALTY,
+                          length_penalty=g.LENGTH_PENALTY, max_length=g.MAX_LENGTH)
+
+    def model_config(self, t5: dict, subtraction_dim: int = 0) -> MotionToTextConfig:
+        """The network this job config describes, over the T5 architecture `t5` (a transformers config dict)."""
+        return MotionToTextConfig(
+            hidden_channel=self.HIDDEN_CHANNEL, out_channel=self.OUT_CHANNEL, dropout=self.DROPOUT,
+            branch=self.BRANCH, pretrain=self.TASK.PRETRAIN,
+            reduction_policy=self.TRANSFORMATION.REDUCTION_POLICY,
+            projection_dropout=self.TRANSFORMATION.PROJECTION_DROPOUT, token_norm=self.TRANSFORMATION.TOKEN_NORM,
+            fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
+            retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
+            subtraction_dim=subtraction_dim if self.BRANCH == 2 else 0, prompt=self.prompt, t5=dict(t5),
+            generation=self.generation)
 
     def to_dict(self) -> dict:
         return _to_dict(self)

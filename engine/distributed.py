@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 from dataclasses import dataclass
+from typing import Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from common.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,3 +130,33 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def run_on_main(fn: Callable[[], T], dist_info: DistInfo, poll_s: float = 0.5) -> Optional[T]:
+    """fn() on rank 0 only (the others get None), however long it takes: while rank 0 works in a thread, every
+    rank meets at a small broadcast every `poll_s`, so no rank sits in one collective past the process-group
+    timeout. An exception of fn is raised on rank 0 after the others were told it finished."""
+    if not is_distributed() or dist_info.world_size == 1:
+        return fn() if dist_info.is_main else None
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:  # re-raised in the calling thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=work, name="run_on_main", daemon=True) if dist_info.is_main else None
+    if thread is not None:
+        thread.start()
+    done = torch.zeros(1, device=dist_info.device)
+    while True:
+        if thread is not None:
+            thread.join(poll_s)
+            done.fill_(0.0 if thread.is_alive() else 1.0)
+        dist.broadcast(done, src=0)
+        if done.item():
+            break
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")

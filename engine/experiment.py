@@ -17,11 +17,13 @@ import torch
 from dataloaders.datasets import EvalDataset, TrainDataset, load_dataset
 from dataloaders.formats import load_standards
 from dataloaders.retrieval import retrieval_prompts
+from common.errors import UserError, sample_names
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import DistInfo, broadcast_object
-from common.errors import UserError, sample_names
-from models.motion2text import MotionToText, build_motion2text
+from engine.weights import (build_model, check_architecture, load_pretrained_weights, load_weights,
+                            read_weights_file, resolve_init_weights)
+from models.motion2text import MotionToText
 from models.tokenizer import load_pretrained_tokenizer, tokenizer_from_json, train_caption_tokenizer
 
 log = logging.getLogger("motion2text")
@@ -54,60 +56,26 @@ def subtraction_dim(clips: list[dict], branch: int) -> int:
     return int(clips[0]["subtraction"].shape[-1]) if branch == 2 else 0
 
 
-def resolve_init_weights(cfg: Config) -> Optional[Path]:
-    """Initial weights of a new run: WEIGHT_PATH (a checkpoint file, or a folder → its newest valid
-    checkpoint); for finetuning without WEIGHT_PATH, the newest valid one in pretrain_checkpoints/."""
-    if cfg.WEIGHT_PATH:
-        return ckpt.checkpoint_file(cfg.path(cfg.WEIGHT_PATH), "config key WEIGHT_PATH")
-    if cfg.TASK.PRETRAIN:
-        return None
-    folder = cfg.logdir / "pretrain_checkpoints"
-    newest = ckpt.newest_valid_checkpoint(folder)
-    if newest is None:
-        log.warning("finetuning without pretrained weights: no valid checkpoint in %s and WEIGHT_PATH is not "
-                    "set; the model starts from random weights", folder)
-    return newest
+# Settings a resumed run cannot change: the optimizer state and the schedule carry the old ones (AdamW's
+# learning rate and weight decay live in its state), and the batch size fixes which batches an epoch has.
+# OPTIMIZER.MAX_EPOCH and GRAD_CLIP may change: the schedule decays to 0 at the new last epoch; the clip is read
+# at every step.
+FIXED_ON_RESUME = ("OPTIMIZER.LR", "OPTIMIZER.WEIGHT_DECAY", "OPTIMIZER.WARMUP_STEPS", "OPTIMIZER.GRAD_ACCUM_STEPS",
+                   "DATA.BATCH_SIZE")
 
 
-# Config keys that fix the shapes of the loaded tensors: pretraining and finetuning must agree on them.
-SIZE_KEYS = ("HIDDEN_CHANNEL", "OUT_CHANNEL", "T5.NAME", "T5.D_MODEL", "T5.NUM_LAYERS", "T5.NUM_HEADS",
-             "T5.D_KV", "T5.D_FF")
-
-
-_ABSENT = object()
-
-
-def _lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _ABSENT
-        tree = tree[part]
-    return tree
-
-
-def check_weights_file(state, source: Path) -> dict:
-    """A checkpoint written by this trainer: a dict with the model tensors and the tokenizer."""
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        raise UserError(f"{source}: not a Motion2Text checkpoint (no 'model' state dict); give a checkpoint "
-                        f"written by train_t5_stagcn.py")
-    if not isinstance(state.get("tokenizer_json"), str):
-        raise UserError(f"{source}: the checkpoint carries no tokenizer ('tokenizer_json'), so its T5 "
-                        f"vocabulary cannot be matched; give a checkpoint written by train_t5_stagcn.py")
-    return state
-
-
-def check_architecture(cfg: Config, state: dict, source: Path, fix: str, keys=SIZE_KEYS) -> None:
-    """Name the first config key whose value differs from the one the weights were trained with."""
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        return  # no stored config: the strict state-dict load still checks every shape
-    ours = cfg.to_dict()
-    for key in keys:
-        if key.startswith("T5.") and key != "T5.NAME" and cfg.T5.NAME is not None:
-            continue  # sizes of a named T5 come from its own config
-        theirs, mine = _lookup(saved, key), _lookup(ours, key)
-        if theirs is not _ABSENT and theirs != mine:
-            raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; {fix}")
+def check_resume_settings(cfg: Config, state: dict, source: Path) -> None:
+    """Refuse a resume whose config changed a setting the checkpoint fixes, naming every such key."""
+    saved, ours = state.get("config") or {}, cfg.to_dict()
+    changed = []
+    for key in FIXED_ON_RESUME:
+        section, name = key.split(".")
+        theirs, mine = (saved.get(section) or {}).get(name), ours[section][name]
+        if theirs is not None and theirs != mine:
+            changed.append(f"{key}={mine!r} (checkpoint: {theirs!r})")
+    if changed:
+        raise UserError(f"{source}: resuming with {'; '.join(changed)}: a resumed run keeps these settings of the "
+                        "checkpoint; restore them, or train with the new values in a new experiment folder")
 
 
 def make_tokenizer(cfg: Config, state: Optional[dict], train_clips: list[dict], dist: DistInfo):
@@ -121,33 +89,6 @@ def make_tokenizer(cfg: Config, state: Optional[dict], train_clips: list[dict], 
         texts = [cfg.prompt.strip()] + [lab for c in train_clips for lab in c["labels"] + c.get("augmented_labels", [])]
         text = train_caption_tokenizer(texts, cfg.T5.VOCAB_SIZE).backend_tokenizer.to_str()
     return tokenizer_from_json(broadcast_object(text))  # every rank uses rank 0's tokenizer
-
-
-def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> None:
-    """Load everything but the projection (its input width depends on the branch); report what was skipped.
-
-    Every other tensor must be there with the same shape: a partly loaded T5 or encoder would silently
-    train from a half-random model."""
-    own = model.state_dict()
-    weights = state["model"]
-    skipped = sorted(k for k in weights if k.startswith("projection."))
-    mismatched = [k for k, v in weights.items() if k in own and not k.startswith("projection.") and own[k].shape != v.shape]
-    if mismatched:
-        k = mismatched[0]
-        raise UserError(f"{source}: tensor {k} has shape {tuple(weights[k].shape)}, this config builds "
-                        f"{tuple(own[k].shape)}; HIDDEN_CHANNEL/OUT_CHANNEL and T5.* sizes must match the pretraining config")
-    missing = sorted(k for k in own if k not in weights and not k.startswith("projection."))
-    unexpected = sorted(k for k in weights if k not in own and not k.startswith("projection."))
-    if missing or unexpected:
-        what = (f"{len(missing)} tensors of this model are not in it (e.g. {missing[0]})" if missing else
-                f"{len(unexpected)} of its tensors are not in this model (e.g. {unexpected[0]})")
-        raise UserError(f"{source}: {what}; HIDDEN_CHANNEL/OUT_CHANNEL and T5.* sizes must match the pretraining config")
-    loadable = {k: v for k, v in weights.items() if not k.startswith("projection.")}
-    model.load_state_dict(loadable, strict=False)
-    fresh = sorted(k for k in own if k.startswith("projection."))
-    log.info("finetuning from %s: loaded %d tensors; skipped %d projection tensors of the checkpoint (%s), "
-             "the projection (%d tensors) starts fresh", source, len(loadable), len(skipped),
-             ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else ""), len(fresh))
 
 
 def seed_everything(seed: int) -> None:
@@ -165,25 +106,21 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     if resume_path is not None and not resume_path.is_file():
         raise UserError(f"{resume_path}: rank 0 resumes from this checkpoint but rank {dist.rank} cannot see it; "
                         f"the experiment folder must be on a file system shared by all nodes")
-    resume_state = ckpt.load_checkpoint(resume_path) if resume_path else None
+    resume_state = read_weights_file(resume_path) if resume_path else None
     if resume_state is not None:
-        check_weights_file(resume_state, resume_path)
         check_architecture(cfg, resume_state, resume_path, "a run resumes with the sizes it started with: restore "
                            "the value, or train the new size in a new experiment folder")
+        check_resume_settings(cfg, resume_state, resume_path)
     init_path = None if resume_path else resolve_init_weights(cfg)
-    init_state = check_weights_file(ckpt.load_checkpoint(init_path), init_path) if init_path else None
+    init_state = read_weights_file(init_path) if init_path else None
     if init_state is not None:
         check_architecture(cfg, init_state, init_path, "the sizes must match the pretraining config to load its weights")
     tokenizer = make_tokenizer(cfg, resume_state or init_state, train_clips, dist)
     seed_everything(cfg.SEED)
-    model = build_motion2text(cfg, tokenizer, subtraction_dim(train_clips, cfg.BRANCH), standards)
+    model = build_model(cfg, tokenizer, subtraction_dim(train_clips, cfg.BRANCH), standards,
+                        state=resume_state or init_state)
     if resume_state is not None:
-        try:
-            model.load_state_dict(resume_state["model"])
-        except RuntimeError as e:  # a checkpoint without its config, or one of another model
-            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            raise UserError(f"{resume_path}: its weights do not fit the model this config builds "
-                            f"({' '.join(lines[1:3])[:300]}); resume with the config the run started with") from None
+        load_weights(model, resume_state, resume_path, "resume with the config the run started with")
         log.info("resuming from %s (epoch %d, step %d)", resume_path, resume_state["epoch"],
                  resume_state["global_step"])
     elif init_state is not None:
@@ -220,7 +157,3 @@ def parameter_counts(model: MotionToText) -> dict[str, int]:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"stagcn": count(model.encoder), "projection": count(model.projection), "t5": count(model.t5),
             "total": count(model)}
-
-
-def move_batch(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

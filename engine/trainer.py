@@ -1,35 +1,35 @@
 """The training loop: AdamW + linear warmup/decay, accumulation, AMP, DDP, checkpoints, evaluation.
 
 Exact resume: a checkpoint holds model, optimizer, scheduler, scaler, epoch, batches done in the epoch,
-global step, every rank's RNG states and the loss history; data order is a function of (seed, epoch).
+global step, every rank's RNG states, the loss history and the callbacks' state; data order is a function of
+(seed, epoch). An evaluated epoch is saved before it is scored, so a scoring failure never loses trained work.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 import signal
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from transformers import get_linear_schedule_with_warmup
 
+from common.files import atomic_write_json
 from dataloaders.datasets import collate
 from dataloaders.samplers import BucketedDistributedSampler
 from engine import checkpoint as ckpt
-from engine.config import Config
+from engine.callbacks import Callback, EarlyStopping, FaultInjection, TensorBoardLogging
 from engine.distributed import (DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier,
-                                broadcast_module_state)
-from engine.evaluator import motion_token_stats, predict, references_of, write_predictions
-from engine.experiment import Experiment, move_batch
+                                broadcast_module_state, broadcast_object, run_on_main)
+from engine.experiment import Experiment
 from engine.logs import TensorBoard
+from engine.optim import OptimizerStep, build_optimizer, build_scheduler
+from engine.precision import autocast_dtype
+from engine.prediction import motion_token_stats, move_batch, predict, references_of, write_predictions
 from metrics.report import BEST_BY
 from models.tokenizer import tokenizer_to_json
 
@@ -45,53 +45,13 @@ class StopRequested(Exception):
 
 
 def should_checkpoint(epoch: int, max_epoch: int) -> bool:
-    """Each epoch below 10, then every 5, and the last (design §5)."""
+    """Each epoch below 10, then every 5, and the last (the original's schedule)."""
     return epoch < 10 or epoch % 5 == 0 or epoch == max_epoch
 
 
-def autocast_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
-    precision = cfg.TRAIN.PRECISION
-    if device.type != "cuda" or precision == "fp32":
-        return None  # CPU trains in fp32: bf16 autocast on CPU is slower here and changes numerics
-    if precision == "fp16":
-        return torch.float16
-    return torch.bfloat16 if (precision == "bf16" or torch.cuda.is_bf16_supported()) else torch.float16
-
-
-def _fault_hook(rank: int, epoch: int, step: int) -> None:
-    """Test-only fault injection: M2T_TEST_FAULT="rank:epoch:step:marker" crashes that rank once
-    (the marker file records that it happened, so an elastic restart runs clean)."""
-    spec = os.environ.get("M2T_TEST_FAULT")
-    if not spec:
-        return
-    r, e, s, marker = spec.split(":", 3)
-    if (int(r), int(e), int(s)) == (rank, epoch, step) and not Path(marker).exists():
-        Path(marker).write_text("crashed")
-        os._exit(17)
-
-
-def _signal_hook(rank: int, epoch: int, batch: int) -> None:
-    """Test-only: M2T_TEST_SIGTERM_AT="epoch:batch[:rank]" makes the process (of that rank, else every
-    rank) send itself SIGTERM while it trains that batch (0-based) of that epoch (1-based). The real signal
-    handler then stops at the next safe point, exactly as for a SIGTERM from outside."""
-    spec = os.environ.get("M2T_TEST_SIGTERM_AT")
-    if not spec:
-        return
-    parts = [int(x) for x in spec.split(":")]
-    if (parts[0], parts[1]) == (epoch, batch) and (len(parts) < 3 or parts[2] == rank):
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _nan_hook(step: int, loss: torch.Tensor) -> torch.Tensor:
-    """Test-only: M2T_TEST_NAN_STEPS="3,4" makes the loss of those global steps NaN."""
-    spec = os.environ.get("M2T_TEST_NAN_STEPS")
-    if spec and step in {int(x) for x in spec.split(",")}:
-        return loss * float("nan")
-    return loss
-
-
 class Trainer:
-    def __init__(self, exp: Experiment, dist: DistInfo):
+    def __init__(self, exp: Experiment, dist: DistInfo, callbacks: tuple[Callback, ...] = ()):
+        """`callbacks` run after the built-in ones (fault injection, tensorboard logging, early stopping)."""
         self.exp, self.cfg, self.dist = exp, exp.cfg, dist
         cfg = self.cfg
         self.model = exp.model.to(dist.device)
@@ -109,21 +69,17 @@ class Trainer:
         self.ddp = DDP(self.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
             if dist.world_size > 1 else None
 
-        lengths = exp.train_set.lengths
         self.sampler = BucketedDistributedSampler(
-            lengths, cfg.DATA.BATCH_SIZE, dist.world_size, dist.rank, seed=cfg.SEED,
+            exp.train_set.lengths, cfg.DATA.BATCH_SIZE, dist.world_size, dist.rank, seed=cfg.SEED,
             shuffle=True, bucket_by_length=cfg.DATA.BUCKET_BY_LENGTH)
         self.loader = DataLoader(exp.train_set, batch_sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.DATA.NUM_WORKERS, generator=torch.Generator(),
                                  persistent_workers=cfg.DATA.NUM_WORKERS > 0)
-        accum = cfg.OPTIMIZER.GRAD_ACCUM_STEPS
-        self.steps_per_epoch = math.ceil(len(self.sampler) / accum)
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]  # biases and norm scales
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.OPTIMIZER.WEIGHT_DECAY},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.OPTIMIZER.LR)
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, cfg.OPTIMIZER.WARMUP_STEPS, max(1, self.steps_per_epoch * cfg.OPTIMIZER.MAX_EPOCH))
+        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.OPTIMIZER.GRAD_ACCUM_STEPS)
+        self.optimizer = build_optimizer(self.model, cfg.OPTIMIZER)
+        self.scheduler = build_scheduler(self.optimizer, cfg.OPTIMIZER.WARMUP_STEPS,
+                                         self.steps_per_epoch * cfg.OPTIMIZER.MAX_EPOCH)
+        self.stepper = OptimizerStep(self.model, self.optimizer, self.scheduler, self.scaler, cfg.OPTIMIZER.GRAD_CLIP)
 
         self.epoch = 0  # completed epochs
         self.batches_done = 0  # batches of the current epoch already trained (mid-epoch checkpoint)
@@ -133,24 +89,39 @@ class Trainer:
         self._partial_loss = [0.0, 0.0]  # [loss sum, count] of a part-trained epoch
         self._stop_signal: Optional[int] = None
         self._synced_at: Optional[tuple] = None  # (epoch, batches done, step) of the last _sync_model
-        # Early stopping on the validation CIDEr (when on, the best epoch's checkpoint is never pruned).
-        self.early_stop = {"best_epoch": None, "best": None, "since_best": 0, "stopped": False}
+        self._save_requested = self._stop_requested = False
         self.jsons = cfg.logdir / "jsons"
         self.tb = TensorBoard(cfg.logdir / "train_logs" if dist.is_main else None)
+        self.early_stopping = EarlyStopping(BEST_BY, cfg.EVAL.EARLY_STOP_PATIENCE, cfg.OPTIMIZER.MAX_EPOCH)
+        self.callbacks: list[Callback] = [FaultInjection(), TensorBoardLogging(self.tb, cfg.TRAIN.LOG_EVERY),
+                                          self.early_stopping, *callbacks]
         if exp.resume_state is not None:
             self._restore(exp.resume_state)
         else:
             torch.manual_seed(cfg.SEED + dist.rank)  # dropout differs per rank, reproducibly
 
+    # ---- requests from callbacks ---------------------------------------------------------------
+    def request_save(self) -> None:
+        """Save a checkpoint at the end of this epoch's evaluation (e.g. a new best epoch)."""
+        self._save_requested = True
+
+    def request_stop(self) -> None:
+        """Finish after this epoch (its checkpoint is saved)."""
+        self._stop_requested = True
+
     # ---- state ---------------------------------------------------------------------------------
+    def _callback_states(self) -> dict:
+        return {cb.name: cb.state_dict() for cb in self.callbacks if cb.name}
+
     def _state(self) -> dict:
         rng = all_gather_objects(ckpt.rng_state())  # every rank's RNG: each resumes its own stream
         return {"model": self.exp.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "epoch": self.epoch, "batches_done": self.batches_done, "global_step": self.global_step,
                 "rng": rng, "loss_history": self.loss_history, "config": self.cfg.to_dict(),
-                "partial_loss": self._partial_loss, "early_stop": dict(self.early_stop),
+                "partial_loss": self._partial_loss, **self._callback_states(),
                 "tokenizer_json": tokenizer_to_json(self.exp.model.codec.tokenizer),
+                "model_config": self.exp.model.config.to_dict(),
                 "world_size": self.dist.world_size}
 
     def _restore(self, state: dict) -> None:
@@ -165,7 +136,9 @@ class Trainer:
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.global_step, self.loss_history = state["global_step"], list(state["loss_history"])
         self._partial_loss = [float(x) for x in state["partial_loss"]]  # summed over all ranks
-        self.early_stop.update(state.get("early_stop") or {})
+        for cb in self.callbacks:
+            if cb.name:
+                cb.load_state_dict(state.get(cb.name) or {})
         if len(state["rng"]) == self.dist.world_size:
             ckpt.set_rng_state(state["rng"][self.dist.rank])
         else:
@@ -186,11 +159,11 @@ class Trainer:
             self._synced_at = where
 
     def save(self) -> None:
-        # Collective, as is _state(). Training is unchanged: DDP's next forward broadcasts rank 0's buffers anyway.
+        """A checkpoint of the current position (collective: every rank calls it)."""
         self._sync_model()
         state = self._state()
         if self.dist.is_main:
-            best = self.early_stop["best_epoch"]
+            best = self.early_stopping.state["best_epoch"]
             path = ckpt.save_checkpoint(self.cfg.checkpoint_dir, ckpt.checkpoint_name(self.epoch, self.batches_done),
                                         state, self.cfg.CHECKPOINT.KEEP_LAST,
                                         keep=() if best is None else (ckpt.checkpoint_name(best),))
@@ -198,55 +171,69 @@ class Trainer:
         barrier()
 
     # ---- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, epoch: int, scorer) -> Optional[dict]:
+    def predict(self, epoch: int) -> Optional[dict]:
+        """Caption every test clip (sharded over ranks); rank 0 writes jsons/ and returns the predictions."""
         start = time.time()
         self._sync_model()  # every rank's shard is captioned by the model that rank 0 saves
         preds = predict(self.exp.model, self.exp.test_set, self.dist, self.cfg.DATA.EVAL_BATCH_SIZE,
-                        self.cfg.GENERATION, self.cfg.DATA.NUM_WORKERS, self.amp_dtype)
-        metrics = None
-        if self.dist.is_main:
-            write_predictions(self.jsons, epoch, preds)
-            refs = references_of(self.exp.test_set)
-            captions = {k: v["caption"] for k, v in preds.items()}
-            if scorer is not None and all(refs.values()):
-                metrics = scorer.score(captions, refs)
-                (self.jsons / f"metrics_epoch{epoch}.json").write_text(json.dumps(metrics, indent=2))
-                for k, v in metrics.items():
-                    self.tb.scalar(f"metrics/{k}", v, epoch)
-                log.info("epoch %d metrics: %s", epoch, "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-            collapse = motion_token_stats(self.exp.model, self.exp.test_set, self.dist.device,
-                                          self.cfg.DATA.EVAL_BATCH_SIZE)
-            for k, v in collapse.items():
-                self.tb.scalar(f"motion/{k}", v, epoch)
-            if collapse:
-                log.info("epoch %d T5 input across clips: cosine %.3f, centred %.3f, spread %.3f; dead projection "
-                         "units %.1f%%", epoch, collapse["cosine"], collapse["centred_cosine"], collapse["spread"],
-                         100 * collapse["dead_units"])
-            sample = list(captions.items())[:5]
-            self.tb.text("predictions", "\n\n".join(f"**{k}**: {c} — ref: {refs[k][:1]}" for k, c in sample), epoch)
-            log.info("epoch %d: %d predictions in %.1fs, e.g. %s: %r", epoch, len(preds), time.time() - start,
-                     *sample[0])
-        barrier()
-        return metrics
+                        self.cfg.generation, self.cfg.DATA.NUM_WORKERS, self.amp_dtype)
+        if not self.dist.is_main:
+            return None
+        write_predictions(self.jsons, epoch, preds)
+        collapse = motion_token_stats(self.exp.model, self.exp.test_set, self.dist.device,
+                                      self.cfg.DATA.EVAL_BATCH_SIZE)
+        for k, v in collapse.items():
+            self.tb.scalar(f"motion/{k}", v, epoch)
+        if collapse:
+            log.info("epoch %d T5 input across clips: cosine %.3f, centred %.3f, spread %.3f; dead projection "
+                     "units %.1f%%", epoch, collapse["cosine"], collapse["centred_cosine"], collapse["spread"],
+                     100 * collapse["dead_units"])
+        refs = references_of(self.exp.test_set)
+        sample = [(k, v["caption"]) for k, v in list(preds.items())[:5]]
+        self.tb.text("predictions", "\n\n".join(f"**{k}**: {c} — ref: {refs[k][:1]}" for k, c in sample), epoch)
+        log.info("epoch %d: %d predictions in %.1fs, e.g. %s: %r", epoch, len(preds), time.time() - start,
+                 *sample[0])
+        return preds
 
-    def _track_best(self, metrics: Optional[dict]) -> tuple[bool, bool]:
-        """(new best, stop now) after an evaluation, agreed by every rank (only rank 0 has the metrics)."""
-        es, patience = self.early_stop, self.cfg.EVAL.EARLY_STOP_PATIENCE
-        improved = stop = False
-        if metrics is not None and BEST_BY in metrics:
-            if es["best"] is None or metrics[BEST_BY] > es["best"]:
-                es.update(best_epoch=self.epoch, best=metrics[BEST_BY], since_best=0)
-                improved = True
-            else:
-                es["since_best"] += 1
-            stop = patience > 0 and es["since_best"] >= patience and self.epoch < self.cfg.OPTIMIZER.MAX_EPOCH
-        improved, stop = any_rank(improved, self.dist.device), any_rank(stop, self.dist.device)
-        if stop:
-            es["stopped"] = True
-            log.info("early stop after epoch %d: %s has not improved for %d evaluations (best %.2f at epoch %d, "
-                     "its checkpoint is kept: evaluate.py --exp %s --checkpoint best)", self.epoch, BEST_BY,
-                     es["since_best"], es["best"], es["best_epoch"], self.cfg.logdir)
-        return improved, stop
+    def score(self, epoch: int, preds: Optional[dict], scorer) -> Optional[dict]:
+        """Rank 0 scores the predictions while the other ranks wait (however long it takes); every rank gets the
+        metrics. A scoring failure is logged and training goes on: the predictions stay in jsons/."""
+
+        def score_on_main() -> Optional[dict]:
+            refs = references_of(self.exp.test_set)
+            if scorer is None or not all(refs.values()):
+                return None
+            captions = {k: v["caption"] for k, v in preds.items()}
+            try:
+                metrics = scorer.score(captions, refs)
+            except Exception as e:  # Java, a timeout, a bad reference: the epoch is saved, scoring can wait
+                log.error("epoch %d: scoring failed (%s); the predictions are kept in %s; score them later with "
+                          "`python evaluate.py --exp %s`", epoch, str(e).splitlines()[0] if str(e) else
+                          type(e).__name__, self.jsons, self.cfg.logdir)
+                return None
+            atomic_write_json(self.jsons / f"metrics_epoch{epoch}.json", metrics)
+            for k, v in metrics.items():
+                self.tb.scalar(f"metrics/{k}", v, epoch)
+            log.info("epoch %d metrics: %s", epoch, "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            return metrics
+
+        metrics = run_on_main(score_on_main, self.dist)
+        return broadcast_object(metrics) if self.dist.world_size > 1 else metrics
+
+    def evaluate(self, epoch: int, scorer) -> Optional[dict]:
+        """Predict, save when this epoch is due a checkpoint, then score; callbacks see the metrics."""
+        preds = self.predict(epoch)
+        saved = False
+        if self._save_requested:
+            self.save()
+            saved, self._save_requested = True, False
+        before = self._callback_states()
+        metrics = self.score(epoch, preds, scorer)
+        for cb in self.callbacks:
+            cb.after_evaluation(self, epoch, metrics)
+        if saved and self._callback_states() != before:
+            self._save_requested = True  # the saved checkpoint must hold the callbacks' new state
+        return metrics
 
     def should_evaluate(self, epoch: int) -> bool:
         period = self.cfg.EVAL.METRIC_PERIOD
@@ -258,64 +245,27 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
-    def _train_epoch(self) -> float:
-        """One epoch from `batches_done`; returns the mean loss over this epoch's finite micro-batches."""
-        cfg, dist = self.cfg, self.dist
+    def train_step(self, batch: dict, scale: float = 1.0, sync: bool = True) -> torch.Tensor:
+        """Forward and backward of one micro-batch (gradients accumulate); returns the detached loss.
+        `scale` divides the loss over the micro-batches of one optimizer step; `sync=False` skips DDP's
+        gradient all-reduce (an accumulation micro-step)."""
         module = self.ddp or self.model
-        module.train()
-        epoch = self.epoch + 1
-        self.sampler.set_epoch(epoch)
-        self.sampler.set_start_batch(self.batches_done)
-        accum = cfg.OPTIMIZER.GRAD_ACCUM_STEPS
-        num_batches = len(self.sampler)
-        loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of losses, count] over finite micro-batches
-        if self.batches_done and dist.is_main:  # the part-trained epoch's loss, summed over every rank once
-            loss_sum += torch.tensor(self._partial_loss, dtype=torch.float64)
-        bar = tqdm(total=num_batches, initial=self.batches_done, desc=f"epoch {epoch}", disable=not dist.is_main,
-                   dynamic_ncols=True, leave=False)
-        try:  # a stop or an abort inside the loop must not leave the bar half-drawn over its message
-            for i, batch in enumerate(self.loader, start=self.batches_done):
-                _fault_hook(dist.rank, epoch, i)
-                _signal_hook(dist.rank, epoch, i)
-                labels = self.exp.model.codec.encode_targets(batch["texts"]).to(dist.device)
-                batch = move_batch(batch, dist.device)
-                sync = (i + 1) % accum == 0 or i + 1 == num_batches
-                # Accumulation micro-steps skip DDP's gradient all-reduce.
-                no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
-                with no_sync:
-                    with torch.autocast(dist.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                        loss = module(batch, labels)
-                    loss = _nan_hook(self.global_step + 1, loss)
-                    # Mean over the micro-batches of this optimizer step (the epoch's last group may be short).
-                    group = min(accum, num_batches - (i // accum) * accum)
-                    self.scaler.scale(loss / group).backward()
-                if torch.isfinite(loss):
-                    loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
-                self.batches_done = i + 1
-                bar.update(1)
-                if not sync:
-                    continue
-                self._optimizer_step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                if self.global_step % cfg.TRAIN.LOG_EVERY == 0:
-                    self.tb.scalar("train/loss", loss.item(), self.global_step)
-                    self.tb.scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
-                if any_rank(self._stop_signal is not None, dist.device) and self.batches_done < num_batches:
-                    # Every rank is here (any_rank agrees): sum the part-epoch loss over ranks for the checkpoint.
-                    self._partial_loss = all_reduce_sum(loss_sum.to(dist.device)).cpu().tolist()
-                    self._stop(f"signal {self._stop_signal or 'on another rank'}")
-        finally:
-            bar.close()
-        total = all_reduce_sum(loss_sum.to(dist.device)).cpu()
-        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+        labels = self.exp.model.codec.encode_targets(batch["texts"]).to(self.dist.device)
+        batch = move_batch(batch, self.dist.device)
+        no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+        with no_sync:
+            with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss = module(batch, labels)
+            for cb in self.callbacks:
+                loss = cb.transform_loss(self, self.global_step + 1, loss)
+            self.scaler.scale(loss * scale).backward()
+        return loss.detach()
 
-    def _optimizer_step(self) -> None:
-        """Clip, then step unless the gradient is non-finite (identical on every rank after all-reduce)."""
-        self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.OPTIMIZER.GRAD_CLIP or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if torch.isfinite(grad_norm):
-            self.scaler.step(self.optimizer)
+    def optimizer_step(self) -> tuple[float, bool]:
+        """Clip and step unless the gradient is non-finite (the same on every rank after the all-reduce; a
+        skipped step leaves parameters and BatchNorm statistics as they were). Returns (grad norm, stepped)."""
+        grad_norm, stepped = self.stepper()
+        if stepped:
             self.bad_steps = 0
         else:
             self.bad_steps += 1
@@ -326,10 +276,55 @@ class Trainer:
                     f"loss was non-finite for {self.bad_steps} consecutive steps (TRAIN.MAX_BAD_STEPS="
                     f"{self.cfg.TRAIN.MAX_BAD_STEPS}); lower OPTIMIZER.LR or check the data; the last good "
                     f"checkpoint is in {self.cfg.checkpoint_dir}")
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
         self.global_step += 1
+        return grad_norm, stepped
+
+    def train_epoch(self) -> float:
+        """One epoch from `batches_done`; returns the mean loss over this epoch's finite micro-batches."""
+        cfg, dist = self.cfg, self.dist
+        (self.ddp or self.model).train()
+        epoch = self.epoch + 1
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start_batch(self.batches_done)
+        accum = cfg.OPTIMIZER.GRAD_ACCUM_STEPS
+        num_batches = len(self.sampler)
+        loss_sum = torch.zeros(2, dtype=torch.float64)  # [sum of losses, count] over finite micro-batches
+        if self.batches_done and dist.is_main:  # the part-trained epoch's loss, summed over every rank once
+            loss_sum += torch.tensor(self._partial_loss, dtype=torch.float64)
+        step_losses: list[torch.Tensor] = []
+        bar = tqdm(total=num_batches, initial=self.batches_done, desc=f"epoch {epoch}", disable=not dist.is_main,
+                   dynamic_ncols=True, leave=False)
+        try:  # a stop or an abort inside the loop must not leave the bar half-drawn over its message
+            for i, batch in enumerate(self.loader, start=self.batches_done):
+                for cb in self.callbacks:
+                    cb.before_batch(self, epoch, i, batch)
+                if not step_losses:
+                    self.stepper.remember()  # the BatchNorm statistics before this step's first forward
+                sync = (i + 1) % accum == 0 or i + 1 == num_batches
+                # Mean over the micro-batches of this optimizer step (the epoch's last group may be short).
+                group = min(accum, num_batches - (i // accum) * accum)
+                loss = self.train_step(batch, 1.0 / group, sync)
+                step_losses.append(loss)
+                if torch.isfinite(loss):
+                    loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+                self.batches_done = i + 1
+                bar.update(1)
+                if not sync:
+                    continue
+                grad_norm, stepped = self.optimizer_step()
+                step_loss = float(torch.stack(step_losses).float().mean())
+                step_losses.clear()
+                for cb in self.callbacks:
+                    cb.after_optimizer_step(self, step_loss, grad_norm, stepped)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if any_rank(self._stop_signal is not None, dist.device) and self.batches_done < num_batches:
+                    # Every rank is here (any_rank agrees): sum the part-epoch loss over ranks for the checkpoint.
+                    self._partial_loss = all_reduce_sum(loss_sum.to(dist.device)).cpu().tolist()
+                    self._stop(f"signal {self._stop_signal or 'on another rank'}")
+        finally:
+            bar.close()
+        total = all_reduce_sum(loss_sum.to(dist.device)).cpu()
+        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
     def _stop(self, why: str, save: bool = True) -> None:
         if save:
@@ -339,42 +334,47 @@ class Trainer:
         raise StopRequested(f"stopped by {why} {where}; checkpoint saved in {self.cfg.checkpoint_dir}; "
                             f"run the same command to resume")
 
+    def _end_epoch(self, mean_loss: float, start: float) -> None:
+        self.epoch += 1
+        self.batches_done = 0
+        self._partial_loss = [0.0, 0.0]
+        self.loss_history.append({"epoch": self.epoch, "loss": mean_loss})
+        for cb in self.callbacks:
+            cb.after_epoch(self, self.epoch, mean_loss)
+        log.info("epoch %d: loss %.4f (%.1fs)", self.epoch, mean_loss, time.time() - start)
+        if self.dist.is_main:
+            self.jsons.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.jsons / "loss_history.json", self.loss_history, indent=1)
+
     def fit(self, scorer=None) -> None:
+        """Train to OPTIMIZER.MAX_EPOCH (or an early stop), evaluating and saving on schedule; `scorer` is used
+        on rank 0 only (None: predictions are written but not scored)."""
         cfg = self.cfg
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            patience = cfg.EVAL.EARLY_STOP_PATIENCE
-            if self.early_stop["stopped"] and 0 < patience <= self.early_stop["since_best"]:
+            if self.early_stopping.already_stopped():
+                es = self.early_stopping.state
                 log.info("this run already stopped early at epoch %d (best %s at epoch %s); nothing to train. Set "
                          "EVAL.EARLY_STOP_PATIENCE=0 (or higher) and relaunch to train on", self.epoch, BEST_BY,
-                         self.early_stop["best_epoch"])
+                         es["best_epoch"])
                 return
-            self.early_stop["stopped"] = False  # a raised (or switched-off) patience lets a stopped run go on
             if self.exp.resume_state is None and cfg.TRAIN.SANITY_EVAL:
                 self.evaluate(0, scorer)
+                self._save_requested = self._stop_requested = False  # the untrained model is not saved
             log.info("training epochs %d..%d, %d batches/epoch/rank, %d optimizer steps/epoch",
                      self.epoch + 1, cfg.OPTIMIZER.MAX_EPOCH, len(self.sampler), self.steps_per_epoch)
             while self.epoch < cfg.OPTIMIZER.MAX_EPOCH:
                 start = time.time()
-                mean_loss = self._train_epoch()
-                self.epoch += 1
-                self.batches_done = 0
-                self._partial_loss = [0.0, 0.0]
-                self.loss_history.append({"epoch": self.epoch, "loss": mean_loss})
-                self.tb.scalar("train/epoch_loss", mean_loss, self.epoch)
-                log.info("epoch %d: loss %.4f (%.1fs)", self.epoch, mean_loss, time.time() - start)
-                if self.dist.is_main:
-                    self.jsons.mkdir(parents=True, exist_ok=True)
-                    (self.jsons / "loss_history.json").write_text(json.dumps(self.loss_history, indent=1))
-                improved = stop = False
-                if self.should_evaluate(self.epoch):  # before the save: the checkpoint holds the early-stop state
-                    metrics = self.evaluate(self.epoch, scorer)
-                    if cfg.EVAL.EARLY_STOP_PATIENCE:
-                        improved, stop = self._track_best(metrics)
-                saved = should_checkpoint(self.epoch, cfg.OPTIMIZER.MAX_EPOCH) or improved or stop
-                if saved:
+                self._end_epoch(self.train_epoch(), start)
+                self._save_requested = should_checkpoint(self.epoch, cfg.OPTIMIZER.MAX_EPOCH)
+                saved = self._save_requested
+                if self.should_evaluate(self.epoch):
+                    self.evaluate(self.epoch, scorer)
+                    saved = saved or self._save_requested
+                if self._save_requested:
                     self.save()
-                if stop:
+                    self._save_requested = False
+                if self._stop_requested:
                     break
                 # A signal during the epoch's last batch or its evaluation: stop at this epoch boundary.
                 if self.epoch < cfg.OPTIMIZER.MAX_EPOCH and any_rank(self._stop_signal is not None, self.dist.device):

@@ -22,7 +22,8 @@ import numpy as np
 
 from dataloaders.retrieval import label_of_nearest
 from dataloaders.splits import person_id
-from metrics.caption import _ptb_tokenize, sanitize_caption
+from metrics.caption import sanitize_caption
+from metrics.java import ptb_tokenize
 
 NO_MOTION = " (no motion)"
 DRAW_SEEDS = (0, 1, 2, 3, 4)
@@ -57,7 +58,7 @@ def best_constant_captions(train_clips: list[dict]) -> dict[Optional[str], str]:
     for group, clips in groups.items():
         refs = [[sanitize_caption(r) for r in c["labels"]] for c in clips]
         candidates = sorted({r for rs in refs for r in rs if r})
-        tokens = _ptb_tokenize(candidates + [r for rs in refs for r in rs])  # one Java call per group
+        tokens = ptb_tokenize(candidates + [r for rs in refs for r in rs])  # one Java call per group
         cand_tokens, pos, gts = tokens[: len(candidates)], len(candidates), {}
         for i, rs in enumerate(refs):
             gts[i] = tokens[pos: pos + len(rs)]

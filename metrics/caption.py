@@ -35,7 +35,6 @@ from metrics.java import (JAVA_MISSING_MESSAGE, JAVA_START_TIMEOUT_S, METEOR_TIM
                           ScoringError, check_java_starts, close_meteor, meteor_score, ptb_tokenize, require_java)
 
 # Names other modules import from here; they live in metrics.java (and common.text) now.
-_ptb_tokenize = ptb_tokenize  # metrics/baselines.py
 __all__ = ["METRIC_KEYS", "SPICE_KEY", "BERTSCORE_KEY", "CaptionScorer", "ScoringError", "JAVA_MISSING_MESSAGE",
            "JAVA_START_TIMEOUT_S", "PTB_TIMEOUT_S", "METEOR_TIMEOUT_S", "close_meteor", "sanitize_caption"]
 

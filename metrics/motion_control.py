@@ -65,15 +65,14 @@ def swap_motion(clips: list[dict], group_of: Callable[[dict], Hashable], seed: i
     return swapped, int((donor == np.arange(len(clips))).sum())
 
 
-def run_motion_control(model, clips: list[dict], cfg, segment: str, batch_size: int, device, scorer,
+def run_motion_control(caption: Callable[[list[dict]], dict[str, str]], clips: list[dict], scorer,
                        seed: int = 0) -> dict:
     """Caption `clips` with their real and swapped motions and score each against the clips' own labels.
+    `caption(clips)` is the model under test: {video_name: caption}.
 
     Returns {"metrics": {condition: metrics}, "kept_own_motion": {condition: n}, "changed": {condition: n
     captions that differ from the real-motion caption}, "captions": {condition: {video_name: caption}},
     "clips": n}."""
-    from engine.inference import generate_captions
-
     refs = {c["video_name"]: list(c["labels"]) for c in clips}
     out = {"metrics": {}, "kept_own_motion": {}, "changed": {}, "captions": {}, "clips": len(clips)}
     for condition in CONDITIONS:
@@ -81,8 +80,7 @@ def run_motion_control(model, clips: list[dict], cfg, segment: str, batch_size: 
             inputs, kept = clips, len(clips)
         else:
             inputs, kept = swap_motion(clips, GROUPINGS[condition], seed)
-        preds = generate_captions(model, inputs, cfg, segment, batch_size, device)
-        captions = {name: p["caption"] for name, p in preds.items()}
+        captions = caption(inputs)
         out["captions"][condition] = captions
         out["metrics"][condition] = scorer.score(captions, refs)
         out["kept_own_motion"][condition] = kept

@@ -13,6 +13,7 @@ File formats:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -24,6 +25,7 @@ from common.files import atomic_write_json
 RESULTS_RE = re.compile(r"^results_epoch(\d+)\.json$")
 BEST_BY = "CIDEr"
 METRICS_FILE = "metrics.json"
+log = logging.getLogger("motion2text")
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -193,25 +195,33 @@ def experiment_metrics(per_epoch: Mapping[int, dict], keys: list[str], reference
 
 
 def read_experiment_metrics(logdir: Path) -> Optional[dict[int, dict]]:
-    """{epoch: metrics} from results/<exp>/metrics.json, or, when it is absent, from the per-epoch
-    jsons/metrics_epoch{N}.json files training wrote; None when neither exists."""
+    """{epoch: metrics} from results/<exp>/metrics.json and the per-epoch jsons/metrics_epoch{N}.json files
+    training wrote: an epoch file newer than metrics.json (training went on after `evaluate.py --exp`) wins.
+    A damaged epoch file is skipped with a warning; None when nothing is found."""
     path = Path(logdir) / METRICS_FILE
+    found: dict[int, dict] = {}
+    summary_time = -1.0
     if path.is_file():
         data = read_json(path, "metrics")
         epochs = data.get("epochs") if isinstance(data, dict) else None
         if not isinstance(epochs, dict):
             raise UserError(f"{path}: expected an object with key 'epochs' (written by `evaluate.py --exp`)")
         try:
-            return {int(e): m for e, m in epochs.items() if isinstance(m, dict)}
+            found = {int(e): m for e, m in epochs.items() if isinstance(m, dict)}
         except ValueError:
             raise UserError(f"{path}: 'epochs' keys must be epoch numbers") from None
+        summary_time = path.stat().st_mtime
     pattern = re.compile(r"^metrics_epoch(\d+)\.json$")
     jsons = Path(logdir) / "jsons"
-    found = {}
-    if jsons.is_dir():
-        for p in jsons.iterdir():
-            if (m := pattern.match(p.name)):
-                data = read_json(p, "metrics")
-                if isinstance(data, dict):
-                    found[int(m.group(1))] = data
+    for p in sorted(jsons.iterdir()) if jsons.is_dir() else ():
+        m = pattern.match(p.name)
+        if not m or (int(m.group(1)) in found and p.stat().st_mtime <= summary_time):
+            continue
+        try:
+            data = read_json(p, "metrics")
+        except UserError as e:
+            log.warning("skipping %s", e)
+            continue
+        if isinstance(data, dict):
+            found[int(m.group(1))] = data
     return dict(sorted(found.items())) or None

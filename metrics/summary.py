@@ -18,6 +18,7 @@ import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 from common.errors import UserError
 
@@ -26,9 +27,7 @@ SEED_SUFFIX = re.compile(r"_s\d+$")
 log = logging.getLogger("motion2text")
 
 
-def _run_config(run: Path):
-    from engine.config_loader import load_config
-
+def _run_config(run: Path, load_config: Callable):
     path = run / "config_resolved.yaml"
     if not path.is_file():
         raise UserError(f"{run}: no config_resolved.yaml, expected a folder written by train_t5_stagcn.py")
@@ -54,14 +53,14 @@ def distinct_runs(runs: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
-def collect_runs(runs: list[Path]) -> dict[tuple[str, str], list[dict]]:
+def collect_runs(runs: list[Path], load_config: Callable) -> dict[tuple[str, str], list[dict]]:
     """{(experiment, split): [{"seed", "epoch", "metrics", "last", "train", "test"}, ...]}, each distinct
-    run folder once."""
+    run folder once. `load_config(path)` reads a run's config_resolved.yaml (engine.config_loader.load_config)."""
     from metrics.report import read_experiment_metrics
 
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in distinct_runs(runs):
-        cfg = _run_config(run)
+        cfg = _run_config(run, load_config)
         per_epoch = read_experiment_metrics(run)
         if not per_epoch:
             raise UserError(f"{run}: no jsons/metrics_epoch*.json (did the run finish with EVAL.SCORE true?)")

@@ -7,7 +7,7 @@ node and one for neighbours nearer to it -> A of shape [1 + 2 * 3, 22, 22] = [7,
 import numpy as np
 
 # The parent table is already 0-indexed: the original subtracted 1 again and built a wrong skeleton
-# with an edge (-1, 0) (design §7, defect 1). One table serves the graph and the bone features.
+# with an edge (-1, 0) (the original's shifted table wrapped it to joint 21). One table serves the graph and the bone features.
 from common.skeleton import SMPL_PARENTS
 SMPL_EDGES = [(child, parent) for child, parent in enumerate(SMPL_PARENTS) if parent >= 0]  # 21
 PELVIS = 0

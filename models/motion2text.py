@@ -1,4 +1,4 @@
-"""The whole model: STA-GCN skeleton encoder → (reference fusion) → projection → T5 (design §4).
+"""The whole model: STA-GCN skeleton encoder → (reference fusion) → projection → T5, as published.
 
     coordinates [B,T,66] → features [B,6,T,22] → STA-GCN → emb [B,T,22,512]
       branch 1: standard_window − emb (FUSION CONCAT: concat(emb, standard_window − emb))
@@ -18,9 +18,10 @@ from transformers import T5ForConditionalGeneration
 
 from alignment.reference import aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width
 from dataloaders.features import skeleton_features
-from engine.config import Config, GenerationConfig
+from models.config import Generation, MotionToTextConfig
 from models.projection import Projection
 from models.stagcn import STAGCN
+from models.text_model import t5_from_config
 from models.tokenizer import CaptionCodec
 
 
@@ -42,23 +43,25 @@ def pack_sequences(a: torch.Tensor, a_mask: torch.Tensor, b: torch.Tensor,
 
 
 class MotionToText(nn.Module):
-    def __init__(self, cfg: Config, t5: T5ForConditionalGeneration, codec: CaptionCodec,
-                 subtraction_dim: int = 0, standards: Optional[dict[str, torch.Tensor]] = None):
+    def __init__(self, config: MotionToTextConfig, tokenizer, t5: Optional[T5ForConditionalGeneration] = None,
+                 standards: Optional[dict[str, torch.Tensor]] = None):
+        """`t5`: pretrained weights to start from; by default a T5 is built from `config.t5` (never downloaded)."""
         super().__init__()
-        self.branch = cfg.BRANCH
-        self.pretrain = cfg.TASK.PRETRAIN
-        self.use_data_segment = cfg.ALIGNMENT.REFERENCE_SEGMENT != "NONE"
-        self.use_retrieval = cfg.RETRIEVAL.NEIGHBOURS > 0
-        self.fusion = cfg.ALIGNMENT.FUSION
-        self.word_dropout = cfg.T5.WORD_DROPOUT
-        self.codec = codec
-        self.encoder = STAGCN(cfg.HIDDEN_CHANNEL, cfg.OUT_CHANNEL, cfg.DROPOUT)
-        emb_dim = 4 * cfg.OUT_CHANNEL
+        t5 = t5 if t5 is not None else t5_from_config(config.t5)  # first: the random init order of every run
+        self.config = config
+        self.branch = config.branch
+        self.pretrain = config.pretrain
+        self.use_data_segment = config.use_data_segment
+        self.use_retrieval = config.retrieval
+        self.fusion = config.fusion
+        self.word_dropout = config.word_dropout
+        self.codec = CaptionCodec(tokenizer, config.prompt)
+        self.encoder = STAGCN(config.hidden_channel, config.out_channel, config.dropout)
+        emb_dim = config.embedding_width
         in_dim = fused_width(emb_dim, self.fusion) if self.branch == 1 else emb_dim
-        in_dim += subtraction_dim if self.branch == 2 else 0
-        self.projection = Projection(in_dim, t5.config.d_model, cfg.TRANSFORMATION.REDUCTION_POLICY,
-                                     cfg.TRANSFORMATION.PROJECTION_DROPOUT,
-                                     token_norm=cfg.TRANSFORMATION.TOKEN_NORM)
+        in_dim += config.subtraction_dim if self.branch == 2 else 0
+        self.projection = Projection(in_dim, t5.config.d_model, config.reduction_policy,
+                                     config.projection_dropout, token_norm=config.token_norm)
         self.t5 = t5
         self.standard_names: list[str] = []
         self.register_buffer("standard_coords", torch.zeros(0, 2, 66), persistent=False)  # [S,Ts,66]
@@ -141,22 +144,16 @@ class MotionToText(nn.Module):
         return inputs.masked_fill(drop, tok.unk_token_id)
 
     @torch.no_grad()
-    def generate(self, batch: dict, gen: GenerationConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """Batched decoding; the prompt is the decoder prefix and is stripped from the captions."""
-        tokens, token_mask, att_node, att_A = self.encode(batch)  # float embeddings, never cast (defect 3)
+    def generate(self, batch: dict,
+                 gen: Optional[Generation] = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Batched decoding (default: the config's settings); the prompt is the decoder prefix and is stripped
+        from the captions. The motion tokens stay float: casting them to ints was a defect of the original."""
+        gen = gen or self.config.generation
+        tokens, token_mask, att_node, att_A = self.encode(batch)
         prefix = self.codec.decoder_prefix(tokens.shape[0], self.t5.config.decoder_start_token_id)
         out = self.t5.generate(
             inputs_embeds=tokens, attention_mask=token_mask.long(), decoder_input_ids=prefix.to(tokens.device),
-            max_new_tokens=gen.MAX_LENGTH, num_beams=gen.NUM_BEAMS, repetition_penalty=gen.REPETITION_PENALTY,
-            length_penalty=gen.LENGTH_PENALTY, do_sample=False, early_stopping=gen.NUM_BEAMS > 1,
+            max_new_tokens=gen.max_length, num_beams=gen.num_beams, repetition_penalty=gen.repetition_penalty,
+            length_penalty=gen.length_penalty, do_sample=False, early_stopping=gen.num_beams > 1,
         )
         return self.codec.decode(out), att_node, att_A
-
-
-def build_motion2text(cfg: Config, tokenizer, subtraction_dim: int = 0,
-                      standards: Optional[dict[str, torch.Tensor]] = None) -> MotionToText:
-    """One code path for every run: T5 from T5.NAME or from the T5.* sizes, with the given tokenizer."""
-    from models.text_model import build_t5  # local: keeps `import models.motion2text` light for tools
-
-    return MotionToText(cfg, build_t5(cfg.T5, tokenizer), CaptionCodec(tokenizer, cfg.prompt),
-                        subtraction_dim=subtraction_dim, standards=standards)

@@ -1,4 +1,4 @@
-"""STA-GCN skeleton encoder (design §4): feature extractor -> attention branch -> perception branch.
+"""STA-GCN skeleton encoder, as published: feature extractor -> attention branch -> perception branch.
 
     features [B, 6, T, 22] --input BN--> joints [B, 3, ..] -> 5 blocks --+
                                          bones  [B, 3, ..] -> 5 blocks --+-> feature [B, o, T, 22]

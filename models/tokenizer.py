@@ -63,7 +63,7 @@ class CaptionCodec:
     """Turns captions into T5 labels and generated ids back into captions, around a fixed prompt.
 
     Training target = prompt ids + caption ids + eos; generation starts the decoder at
-    [decoder_start] + prompt ids and strips them from the output (design §4).
+    [decoder_start] + prompt ids and strips them from the output.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt: str):
@@ -74,7 +74,7 @@ class CaptionCodec:
             raise UserError("tokenizer: needs pad and eos tokens (T5's pad 0, eos 1)")
 
     def encode_targets(self, texts: list[str]) -> torch.Tensor:
-        """[B, L] label ids; pad positions are -100 so they never count in the loss (defect 5)."""
+        """[B, L] label ids; pad positions are -100 so they never count in the loss (the original counted them)."""
         caption_ids = self.tokenizer([t.strip() for t in texts], add_special_tokens=False).input_ids
         rows = [self.prompt_ids + ids + [self.tokenizer.eos_token_id] for ids in caption_ids]
         labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)

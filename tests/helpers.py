@@ -5,7 +5,8 @@ import torch
 
 from engine.config import Config
 from engine.config_loader import config_from_dict
-from models.motion2text import MotionToText, build_motion2text
+from engine.weights import build_model
+from models.motion2text import MotionToText
 from models.tokenizer import train_caption_tokenizer
 
 WORDS = "a person walks forward raises the left right arm squats down jumps punch keep your hand at chin".split()
@@ -33,7 +34,7 @@ def tiny_tokenizer():
 
 def tiny_model(cfg: Config, standards=None, subtraction_dim: int = 0, seed: int = 0) -> MotionToText:
     torch.manual_seed(seed)
-    return build_motion2text(cfg, tiny_tokenizer(), subtraction_dim=subtraction_dim, standards=standards)
+    return build_model(cfg, tiny_tokenizer(), subtraction_dim=subtraction_dim, standards=standards)
 
 
 def random_clip(frames: int, seed: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Smoke test of bench/run.py (issue 6): `--quick` runs every section and writes every key. No timings asserted."""
+"""Smoke test of bench/run.py: `--quick` runs every section and writes every key. No timings asserted."""
 import json
 import math
 import subprocess

@@ -1,4 +1,4 @@
-"""Smoke test of bench/scale.py (issue 8): `--quick` runs both parts and writes every key. No timings asserted."""
+"""Smoke test of bench/scale.py: `--quick` runs both parts and writes every key. No timings asserted."""
 import json
 import math
 import subprocess

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.experiment import move_batch
+from engine.prediction import move_batch
 from tests.cli_helpers import checkpoint_files, explain, load_final, read_json, run_train, tiny_data, write_experiment
 from tests.helpers import take
 from tests.test_model import model_and_batch
@@ -55,7 +55,7 @@ def test_padding_invariance_and_batched_generation_hold_on_cuda():
 def model_and_batch_gen_cfg(num_beams=3):
     from tests.helpers import tiny_config
 
-    return tiny_config(GENERATION={"NUM_BEAMS": num_beams, "MAX_LENGTH": 8}).GENERATION
+    return tiny_config(GENERATION={"NUM_BEAMS": num_beams, "MAX_LENGTH": 8}).generation
 
 
 def test_cuda_matches_cpu_in_fp32():

@@ -1,4 +1,4 @@
-"""evaluate.py (issue 3): --pred/--ann scoring, --exp epoch tables and metrics.json, --checkpoint inference on
+"""evaluate.py: --pred/--ann scoring, --exp epoch tables and metrics.json, --checkpoint inference on
 labelled and unlabelled clips, attention pictures, exit code 2 for user errors.
 
 Metric parity with direct pycocoevalcap calls lives in test_metrics.py. One tiny experiment (HIDDEN 4 / OUT 16,
@@ -309,7 +309,7 @@ def test_checkpoint_best_skips_epochs_without_checkpoint(tmp_path):
     import hashlib
 
     from engine.config_loader import config_from_dict
-    from engine.inference import resolve_checkpoint
+    from engine.weights import resolve_checkpoint
 
     cfg = config_from_dict({"TASK": {"PRETRAIN": False}, "DATA": {"TRAIN": "x.pkl", "TEST": "y.pkl"}}, tmp_path)
     folder = tmp_path / "checkpoints"
@@ -338,7 +338,7 @@ def test_branch1_inference_needs_a_motion_type_and_falls_back_to_window_search(d
     import torch
 
     from dataloaders.formats import load_clips, load_standards
-    from engine.inference import generate_captions, load_inference_clips
+    from engine.prediction import generate_captions, load_inference_clips
     from tests.helpers import tiny_config, tiny_model
 
     cfg = tiny_config(BRANCH=1, TASK={"PRETRAIN": False}, ALIGNMENT={"REFERENCE_SEGMENT": "ALIGNED"})

@@ -1,4 +1,4 @@
-"""HumanML3D converter on a tiny fabricated release folder (issue 8)."""
+"""HumanML3D converter on a tiny fabricated release folder."""
 
 import collections
 import io

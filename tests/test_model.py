@@ -73,7 +73,7 @@ def test_vectorised_window_search_equals_brute_force(seed):
     mask = torch.arange(T)[None] < lengths[:, None]
     learner = torch.randn(B, T, D, generator=g) * mask[..., None]
     std_len = torch.randint(2, Ts + 1, (B,), generator=g)
-    std_len[1] = 3  # learner longer than its standard: must not crash (defect 6)
+    std_len[1] = 3  # learner longer than its standard: must not crash (the original did)
     standard = torch.randn(B, Ts, D, generator=g)
     assert best_window_start(learner, mask, standard, std_len).tolist() == brute_force_start(learner, mask, standard, std_len)
 
@@ -145,7 +145,7 @@ def test_padding_does_not_change_logits_or_text(policy, branch, pretrain, token_
 
 
 def model_and_batch_gen(num_beams=1):
-    return tiny_config(GENERATION={"NUM_BEAMS": num_beams, "MAX_LENGTH": 8}).GENERATION
+    return tiny_config(GENERATION={"NUM_BEAMS": num_beams, "MAX_LENGTH": 8}).generation
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
@@ -171,9 +171,9 @@ def test_generation_starts_from_the_prompt_of_the_task_and_feeds_float_embedding
 
     monkeypatch.setattr(model.t5, "generate", spy)
     model.generate(batch, model_and_batch_gen())
-    assert seen["inputs_embeds"].is_floating_point()  # the original cast them with .long() (defect 3)
+    assert seen["inputs_embeds"].is_floating_point()  # the original cast them with .long()
     prefix = model.codec.tokenizer.decode(seen["decoder_input_ids"][0, 1:])
-    assert prefix.strip() == "Motion Description :"  # defect 4: prompts swapped at evaluation
+    assert prefix.strip() == "Motion Description :"  # the original swapped the prompts at evaluation
     finetune, _ = model_and_batch("TIME_POOL", branch=0, pretrain=False)
     assert finetune.codec.tokenizer.decode(finetune.codec.prompt_ids).strip() == "Motion Instruction :"
 
@@ -316,7 +316,7 @@ def test_token_spread_tells_a_shared_offset_from_clips_that_differ():
 
 def test_motion_token_stats_counts_projection_units_that_never_fire():
     from dataloaders.datasets import EvalDataset
-    from engine.evaluator import motion_token_stats
+    from engine.prediction import motion_token_stats
 
     model = tiny_model(tiny_config())
     clips = [{"video_name": f"c{i}", "coordinates": random_clip(6 + i, seed=i)} for i in range(5)]

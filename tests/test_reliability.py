@@ -1,4 +1,4 @@
-"""Reliability (issue 7): kills, rank crashes, corrupt and hostile files, bad input, NaN losses, a full disk.
+"""Reliability: kills, rank crashes, corrupt and hostile files, bad input, NaN losses, a full disk.
 
 Each guarantee of the README's "What happens when…" section is exercised the way it happens to users:
 real `kill -9` of a torchrun process group, a real rank crash under `torchrun --max-restarts 1`, real files
@@ -31,9 +31,9 @@ import torch
 
 import common.files
 from common.errors import EXIT_USER_ERROR, UserError
-from tests.cli_helpers import (REPO, TRAIN_SCRIPT, captured_log, checkpoint_files, cli_env, explain, kill_group, load_final,
-                               max_param_diff, read_json, run, run_train, tiny_data, torchrun_cmd, train_cmd,
-                               write_experiment)
+from tests.cli_helpers import (REPO, TRAIN_SCRIPT, build_in_process, captured_log, checkpoint_files, cli_env, explain,
+                               kill_group, load_final, max_param_diff, one_cpu_process, read_json, run, run_train,
+                               tiny_data, torchrun_cmd, train_cmd, write_experiment)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # subprocess training runs and torchrun
 
@@ -421,7 +421,7 @@ def case_wrong_type(c):
 
 def case_negative_batch_size(c):
     tool, argv = c.train(DATA={"BATCH_SIZE": -4})
-    return tool, argv, [str(c.cfg), "config key DATA.BATCH_SIZE: got -4, expected a value > 0"]
+    return tool, argv, [str(c.cfg), "config key DATA.BATCH_SIZE: got -4, expected a finite value in [1, 65536]"]
 
 
 def case_set_without_equals(c):
@@ -837,3 +837,123 @@ def test_bad_config_under_torchrun_prints_one_error_line(data, tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, explain(res)
     assert "OPTIMIZER.LRR" in lines[0] and "did you mean OPTIMIZER.LR" in lines[0]
+
+
+# ---- trained work is saved before scoring; scoring failures never cost an epoch ----------------------
+
+class _FailingScorer:
+    """Fails like a JVM that dies mid-run; records whether the epoch's checkpoint existed when it was asked."""
+
+    keys = ("CIDEr",)
+
+    def __init__(self, checkpoint_dir: Path):
+        self.checkpoint_dir, self.saw_checkpoint = checkpoint_dir, []
+
+    def score(self, predictions, references):
+        self.saw_checkpoint.append(sorted(p.name for p in self.checkpoint_dir.glob("epoch_*.pt")))
+        raise RuntimeError("java died (simulated)")
+
+
+def test_a_scoring_failure_keeps_the_epoch_and_training_goes_on(data, tmp_path):
+    from engine.trainer import Trainer
+
+    cfg_file = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 2}, TRAIN={"SANITY_EVAL": False})
+    exp = build_in_process(cfg_file)
+    scorer = _FailingScorer(exp.cfg.checkpoint_dir)
+    with captured_log() as records:
+        Trainer(exp, one_cpu_process()).fit(scorer)
+    assert scorer.saw_checkpoint == [["epoch_0001.pt"], ["epoch_0001.pt", "epoch_0002.pt"]]  # saved, then scored
+    jsons = tmp_path / "exp" / "jsons"
+    assert (jsons / "results_epoch1.json").is_file() and (jsons / "results_epoch2.json").is_file()
+    assert not list(jsons.glob("metrics_epoch*.json"))
+    failures = [r.getMessage() for r in records if "scoring failed" in r.getMessage()]
+    assert len(failures) == 2 and "java died (simulated)" in failures[0] and "evaluate.py --exp" in failures[0]
+
+
+def test_a_skipped_step_leaves_parameters_and_batchnorm_statistics_as_they_were(data, tmp_path, monkeypatch):
+    from engine.callbacks import Callback
+    from engine.optim import norm_statistics
+    from engine.trainer import Trainer
+
+    monkeypatch.setenv("M2T_TEST_NAN_STEPS", "2")
+    cfg_file = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False},
+                                EVAL={"SCORE": False})
+    exp = build_in_process(cfg_file)
+    seen = {}
+
+    class Watch(Callback):
+        def before_batch(self, trainer, epoch, index, batch):
+            if trainer.global_step == 1:  # step 2 is about to run its forward pass
+                seen["before"] = [t.clone() for t in norm_statistics(trainer.model)]
+                seen["params"] = [p.detach().clone() for p in trainer.model.parameters()]
+
+        def after_optimizer_step(self, trainer, loss, grad_norm, stepped):
+            if trainer.global_step == 2:
+                seen["stepped"] = stepped
+                seen["after"] = [t.clone() for t in norm_statistics(trainer.model)]
+                seen["params_after"] = [p.detach().clone() for p in trainer.model.parameters()]
+
+    Trainer(exp, one_cpu_process(), callbacks=(Watch(),)).fit(None)
+    assert seen["stepped"] is False
+    assert len(seen["before"]) > 10  # the encoder's and the projection's BatchNorms
+    assert all(torch.equal(a, b) for a, b in zip(seen["before"], seen["after"]))
+    assert all(torch.equal(a, b) for a, b in zip(seen["params"], seen["params_after"]))
+    assert all(torch.isfinite(t.float()).all() for t in seen["after"])
+
+
+def test_resuming_with_a_changed_optimizer_setting_is_refused_naming_each_key(data, tmp_path, capsys):
+    import train_t5_stagcn
+
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False},
+                           EVAL={"SCORE": False})
+    assert train_t5_stagcn.main(["--cfg_file", str(cfg)]) == 0
+    capsys.readouterr()
+    code = train_t5_stagcn.main(["--cfg_file", str(cfg), "--set", "OPTIMIZER.MAX_EPOCH=2", "OPTIMIZER.LR=5e-4",
+                                 "DATA.BATCH_SIZE=4"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR, err
+    assert "OPTIMIZER.LR=0.0005 (checkpoint: 0.001)" in err and "DATA.BATCH_SIZE=4 (checkpoint: 8)" in err
+    assert "MAX_EPOCH" not in err  # a longer run is allowed: the schedule decays to 0 at the new last epoch
+    assert train_t5_stagcn.main(["--cfg_file", str(cfg), "--set", "OPTIMIZER.MAX_EPOCH=2"]) == 0
+    assert load_final(tmp_path / "exp" / "pretrain_checkpoints")["epoch"] == 2
+
+
+def test_best_checkpoint_reads_epoch_metrics_newer_than_metrics_json_and_skips_a_damaged_one(tmp_path):
+    from metrics.report import read_experiment_metrics
+
+    (tmp_path / "jsons").mkdir()
+    (tmp_path / "metrics.json").write_text(json.dumps({"epochs": {"1": {"CIDEr": 50.0}}}))
+    old = time.time() - 100
+    os.utime(tmp_path / "metrics.json", (old, old))
+    (tmp_path / "jsons" / "metrics_epoch1.json").write_text(json.dumps({"CIDEr": 50.0}))
+    os.utime(tmp_path / "jsons" / "metrics_epoch1.json", (old - 10, old - 10))  # already in metrics.json
+    (tmp_path / "jsons" / "metrics_epoch2.json").write_text(json.dumps({"CIDEr": 80.0}))  # trained on after it
+    (tmp_path / "jsons" / "metrics_epoch3.json").write_text('{"CIDEr": 9')  # a damaged file
+    with captured_log() as records:
+        per_epoch = read_experiment_metrics(tmp_path)
+    assert per_epoch == {1: {"CIDEr": 50.0}, 2: {"CIDEr": 80.0}}
+    assert any("metrics_epoch3.json" in r.getMessage() for r in records)
+
+
+def test_prediction_files_are_written_atomically_captions_last(tmp_path, monkeypatch):
+    from engine.prediction import write_predictions
+
+    preds = {"a": {"caption": "x", "att_node": [[0.5]], "att_A": [[[1.0]]]}}
+    write_predictions(tmp_path, 1, preds)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    fill_disk_at(monkeypatch, 2)  # the second file of epoch 2 (att_A) hits a full disk
+    with pytest.raises(OSError):
+        write_predictions(tmp_path, 2, {"a": {**preds["a"], "caption": "y"}})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()
+            if "epoch1" in p.name} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "att_node_results_epoch2.json"])
+
+
+def test_scoring_longer_than_the_process_group_timeout_does_not_time_out_other_ranks(data, tmp_path):
+    """METEOR loads its paraphrase table at the first score (seconds); rank 1 must not time out meanwhile."""
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False,
+                                                                                      "PG_TIMEOUT_S": 3},
+                           EVAL={"METEOR": True})
+    res = run_train(cfg, nproc=2)
+    assert res.returncode == 0, explain(res)
+    assert (tmp_path / "exp" / "jsons" / "metrics_epoch1.json").is_file()

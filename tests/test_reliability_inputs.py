@@ -1,6 +1,5 @@
 """Hostile or oversized inputs are refused (or cropped) where they enter, with one line naming the file,
 the clip and the key: never a huge allocation, a numpy/torch traceback, or a silent truncation."""
-import importlib
 import logging
 import pickle
 
@@ -102,21 +101,11 @@ def test_max_frames_covers_standards_subtraction_and_npy(tmp_path):
         load_clips(tmp_path / "Jab.npy", max_frames=50)
 
 
-def _prediction_module():
-    """Where evaluate.py --checkpoint loads its data: engine.prediction (engine.inference before the split)."""
-    try:
-        return importlib.import_module("engine.prediction")
-    except ModuleNotFoundError:
-        return importlib.import_module("engine.inference")
-
-
 def test_config_max_frames_reaches_training_test_standard_and_checkpoint_data(tmp_path):
     from engine.experiment import load_data
     from tests.helpers import tiny_config
 
-    prediction = _prediction_module()
-    load_inference_clips, load_standards_for = prediction.load_inference_clips, prediction.load_standards_for
-    retrieved_for = prediction.retrieved_for
+    from engine.prediction import load_inference_clips, load_standards_for, retrieved_for
 
     train = save_pickle(tmp_path / "train.pkl", [clip("t0", 30), clip("t1", 30)])
     test = save_pickle(tmp_path / "test.pkl", [clip("long_test", 40)])

@@ -281,6 +281,7 @@ class ListHandler(logging.Handler):
 
 
 def test_summary_counts_a_run_folder_given_twice_once_with_a_warning(tmp_path, monkeypatch):
+    from engine.config_loader import load_config
     from metrics.summary import collect_runs
 
     run = finished_run(tmp_path / "exp" / "person_s1", seed=1, cider=10.0)
@@ -289,7 +290,7 @@ def test_summary_counts_a_run_folder_given_twice_once_with_a_warning(tmp_path, m
     monkeypatch.chdir(tmp_path / "exp")
     warnings = ListHandler()  # evaluate.main replaces the logger's handlers: watch it directly
     monkeypatch.setattr(logging.getLogger("motion2text"), "handlers", [warnings])
-    groups = collect_runs([run, Path("person_s1"), Path(f"{run}/"), tmp_path / "link", other, run])
+    groups = collect_runs([run, Path("person_s1"), Path(f"{run}/"), tmp_path / "link", other, run], load_config)
     assert [r["seed"] for r in groups[("exp", "person")]] == [1, 2]
     assert len(warnings.messages) == 4 and all(str(run) in w for w in warnings.messages)
     assert warnings.messages[0].startswith("--summary: person_s1 is ")

@@ -127,8 +127,8 @@ def test_retrieved_text_is_part_of_the_input_and_padding_free(policy):
             t1, m1, _, _ = model.encode(take(batch, i))
             alone = model.t5(inputs_embeds=t1, attention_mask=m1.long(), labels=labels[i:i + 1]).logits
             assert torch.allclose(batched[i], alone[0], atol=1e-4), f"clip {i}"
-    texts, _, _ = model.generate(batch, cfg.GENERATION)
-    assert [model.generate(take(batch, i), cfg.GENERATION)[0][0] for i in range(3)] == texts
+    texts, _, _ = model.generate(batch, cfg.generation)
+    assert [model.generate(take(batch, i), cfg.generation)[0][0] for i in range(3)] == texts
     other = dict(batch, retrieved=["squats down"] * 3)
     with torch.no_grad():
         assert not torch.allclose(model(batch, labels), model(other, labels))  # the text is not ignored

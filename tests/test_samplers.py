@@ -1,4 +1,4 @@
-"""Length-bucketed distributed batch sampler, sharded eval sampler, padding fraction (issue 8)."""
+"""Length-bucketed distributed batch sampler, sharded eval sampler, padding fraction."""
 
 import collections
 import warnings

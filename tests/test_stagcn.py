@@ -1,4 +1,4 @@
-"""Skeleton graph, ST-GC block and STA-GCN encoder (design §4, §7 defect 1). CPU, tiny sizes."""
+"""Skeleton graph, ST-GC block and STA-GCN encoder, as published. CPU, tiny sizes."""
 import numpy as np
 import pytest
 import torch
@@ -38,7 +38,7 @@ def test_hop1_edges_are_exactly_the_smpl_parent_pairs():
     found = {(v, w) for v, w in zip(*np.nonzero(hop1))}
     expected = {(c, p) for c, p in SMPL_EDGES} | {(p, c) for c, p in SMPL_EDGES}
     assert len(SMPL_EDGES) == 21 and found == expected
-    # anatomy the shifted table (defect 1: edge (-1, 0) wrapping to joint 21) gets wrong
+    # anatomy the shifted table (the original's: edge (-1, 0) wrapping to joint 21) gets wrong
     assert {(1, 0), (2, 0), (3, 0), (15, 12), (20, 18), (21, 19)} <= set(SMPL_EDGES)
     assert not hop1[21, 0] and not hop1[0, 21]
     assert hop1[0].sum() == 3  # pelvis: two hips and the spine

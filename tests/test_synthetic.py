@@ -41,7 +41,7 @@ def test_files_have_the_released_format_and_sizes(seed0, data):
     frames = [c["coordinates"].shape[0] for c in data["pretrain"] + data["finetune"]]
     assert min(frames) >= 32 and max(frames) <= 80
     longer = [c for c in data["finetune"] if c["coordinates"].shape[0] > data["standards"][c["motion_type"]].shape[0]]
-    assert longer, "some finetune clips must be longer than their standard (design §7.6)"
+    assert longer, "some finetune clips must be longer than their standard"
     keys = {"video_name", "motion_type", "coordinates", "camera_view", "labels", "augmented_labels",
             "original_seq_len", "aligned_start_frame", "aligned_end_frame", "aligned_std_start_frame",
             "aligned_std_end_frame", "aligned_seq_len"}

@@ -1,4 +1,4 @@
-"""train_t5_stagcn.py end to end on a tiny synthetic experiment (issue 2), always through the command line.
+"""train_t5_stagcn.py end to end on a tiny synthetic experiment, always through the command line.
 
 Runs are shared by module fixtures: one uninterrupted 1-process run and one uninterrupted 2-process torchrun
 run serve as the references that interrupted-and-resumed runs must reproduce (max abs diff <= 1e-6, same
@@ -323,16 +323,20 @@ def test_accumulated_gradient_is_the_mean_over_its_micro_batches_even_for_a_shor
     params = list(exp.model.parameters())
     seen = []
 
-    def record_step():  # the optimizer step, replaced: keep the gradient, leave the weights alone
-        seen.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.global_step += 1
+    class RecordingStep:  # the optimizer step, replaced: keep the gradient, leave the weights alone
+        def remember(self):
+            pass
 
-    trainer._optimizer_step = record_step
+        def __call__(self):
+            seen.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+            trainer.optimizer.zero_grad(set_to_none=True)
+            return 0.0, True
+
+    trainer.stepper = RecordingStep()
     # BatchNorm running statistics move with every training forward, and a branch-1 reference is encoded with
     # them (eval mode): replay the batches from the same statistics.
     buffers = {k: v.clone() for k, v in exp.model.state_dict().items() if "running" in k or "num_batches" in k}
-    trainer._train_epoch()
+    trainer.train_epoch()
     trainer.tb.close()
     assert len(seen) == 2
 

@@ -111,7 +111,8 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     from dataloaders.splits import person_of
     from engine import checkpoint as ckpt
     from engine.config_loader import load_config
-    from engine.inference import default_device, load_inference_clips, load_model, load_standards_for
+    from engine.prediction import captions_of, default_device, load_inference_clips, load_standards_for
+    from engine.weights import load_model
     from metrics.baselines import score_baselines
     from metrics.caption import CaptionScorer
     from metrics.motion_control import motion_control_json, run_motion_control
@@ -134,7 +135,8 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     clips, segment = load_inference_clips(cfg, test_path, standards)
     device = default_device()
     model, _ = load_model(cfg, path, device, standards)
-    control = run_motion_control(model, clips, cfg, segment, cfg.DATA.EVAL_BATCH_SIZE, device, scorer)
+    control = run_motion_control(lambda inputs: captions_of(model, inputs, cfg, segment, cfg.DATA.EVAL_BATCH_SIZE,
+                                                            device), clips, scorer)
     result = {"checkpoint": path.name, "meteor": cfg.EVAL.METEOR, "train": str(train_path), "test": str(test_path),
               "val_persons": sorted({person_of(c["video_name"]) for c in test}, key=lambda p: (len(p), p)),
               "model": read_experiment_metrics(run)[epochs], "motion_control": motion_control_json(control),

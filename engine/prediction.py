@@ -1,0 +1,225 @@
+"""Generating predictions: captions (with attention) for clips, across ranks during training or for a file
+given to `evaluate.py --checkpoint`. Scoring is metrics/caption.py; reports and tables are metrics/report.py.
+
+The eval sampler shards without padding (the original padded the last batch with duplicates and gathered
+over fixed TCP ports); results are gathered with all_gather_object.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from common.errors import UserError, sample_names
+from common.files import atomic_write_json
+from dataloaders.datasets import EvalDataset, collate
+from dataloaders.formats import load_clips, load_standards
+from dataloaders.retrieval import retrieval_prompts
+from dataloaders.samplers import ShardedEvalSampler
+from dataloaders.validation import segment_keys, validate_clips
+from engine import checkpoint as ckpt
+from engine.config import Config
+from engine.distributed import DistInfo, all_gather_objects
+from engine.precision import autocast_dtype
+from engine.weights import build_model
+from models.config import Generation
+from models.motion2text import MotionToText
+from models.projection import token_spread
+from models.tokenizer import tokenizer_from_json
+
+log = logging.getLogger("motion2text")
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_size: int, gen: Optional[Generation],
+            num_workers: int = 0, autocast_dtype: Optional[torch.dtype] = None) -> dict[str, dict]:
+    """{video_name: {"caption", "att_node" [T][22], "att_A" [4][22][22]}} for every clip, on every rank."""
+    sampler = ShardedEvalSampler(len(dataset), dist.world_size, dist.rank, lengths=dataset.lengths)
+    # Its own generator: evaluating never advances the global RNG, so resumed runs match uninterrupted ones.
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=num_workers, generator=torch.Generator())
+    was_training = model.training
+    model.eval()
+    local: dict[str, dict] = {}
+    for batch in loader:
+        batch = move_batch(batch, dist.device)
+        with torch.autocast(dist.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            captions, att_node, att_A = model.generate(batch, gen)
+        for i, name in enumerate(batch["video_names"]):  # per-clip JSON records; the model work is batched
+            length = int(batch["lengths"][i])
+            local[name] = {"caption": captions[i],
+                           "att_node": att_node[i, 0, :length].float().cpu().numpy().round(5).tolist(),
+                           "att_A": att_A[i].float().cpu().numpy().round(5).tolist()}
+    model.train(was_training)
+    merged: dict[str, dict] = {}
+    for part in all_gather_objects(local):
+        merged.update(part)
+    if len(merged) != len(dataset):
+        raise RuntimeError(f"evaluation produced {len(merged)} predictions for {len(dataset)} clips")
+    return dict(sorted(merged.items()))
+
+
+@torch.no_grad()
+def motion_token_stats(model: MotionToText, dataset: EvalDataset, device: torch.device, batch_size: int,
+                       max_clips: int = 256) -> dict[str, float]:
+    """Collapse figures on up to `max_clips` evaluation clips (eval mode): the spread of T5's input tokens
+    across clips (models.projection.token_spread) and the fraction of the projection's ReLU units that are
+    zero for every token ("dead"). Empty with fewer than 2 clips."""
+    n = min(len(dataset), max_clips)
+    if n < 2:
+        return {}
+    relus = [m for m in model.projection.mlp if isinstance(m, torch.nn.ReLU)]
+    alive = [None] * len(relus)
+
+    def record(i):
+        def hook(module, args, out):
+            fired = (out > 0).flatten(0, -2).any(0)
+            alive[i] = fired if alive[i] is None else alive[i] | fired
+        return hook
+
+    handles = [r.register_forward_hook(record(i)) for i, r in enumerate(relus)]
+    was_training = model.training
+    model.eval()
+    try:
+        parts = []
+        for start in range(0, n, batch_size):
+            batch = move_batch(collate([dataset[i] for i in range(start, min(n, start + batch_size))]), device)
+            tokens, token_mask, _, _ = model.encode(batch)
+            parts.append((tokens, token_mask))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    width = max(t.shape[1] for t, _ in parts)
+    tokens = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1])) for t, _ in parts])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
+    stats = token_spread(tokens, mask)
+    units = torch.cat([a for a in alive if a is not None])
+    stats["dead_units"] = float((~units).float().mean()) if len(units) else 0.0
+    return stats
+
+
+def references_of(dataset: EvalDataset) -> dict[str, list[str]]:
+    return {c["video_name"]: list(c.get("labels", [])) for c in dataset.clips}
+
+
+def write_predictions(folder: Path, epoch: int, predictions: dict[str, dict]) -> Path:
+    """jsons/results_epoch{N}.json ({video_name: caption}) plus the two attention files, each written atomically
+    (the captions last: a results file on disk means its attention files are complete)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    results = folder / f"results_epoch{epoch}.json"
+    for name, key in ((f"att_node_results_epoch{epoch}.json", "att_node"),
+                      (f"att_A_results_epoch{epoch}.json", "att_A"), (results.name, "caption")):
+        atomic_write_json(folder / name, {k: v[key] for k, v in predictions.items()}, indent=None)
+    return results
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+def load_standards_for(cfg: Config) -> Optional[dict]:
+    if cfg.BRANCH != 1 or cfg.TASK.PRETRAIN:
+        return None
+    if cfg.DATA.STANDARD is None:
+        raise UserError("config key DATA.STANDARD: missing, BRANCH 1 finetuning needs the standards file")
+    return load_standards(cfg.path(cfg.DATA.STANDARD), cfg.DATA.MAX_FRAMES)
+
+
+def load_inference_clips(cfg: Config, path: Path, standards: Optional[dict] = None,
+                         motion_type: Optional[str] = None) -> tuple[list[dict], str]:
+    """Clips of `path` (dataset file or one `.npy` clip [T, 66]) checked for this model, labels optional,
+    and the reference segment to use. `motion_type` fills in clips that have none (needed by BRANCH 1
+    finetuning). Without the segment keys of ALIGNMENT.REFERENCE_SEGMENT the standard's window is searched."""
+    clips = load_clips(path, cfg.DATA.MAX_FRAMES)
+    use_standard = standards is not None
+    if motion_type is not None:
+        if use_standard and motion_type not in standards:
+            raise UserError(f"--motion-type {motion_type!r}: no standard motion for it; "
+                            f"available: {', '.join(sorted(standards))}")
+        for clip in clips:
+            if isinstance(clip, dict) and not clip.get("motion_type"):
+                clip["motion_type"] = motion_type
+    if use_standard:
+        lacking = [c.get("video_name", f"entry {i}") for i, c in enumerate(clips)
+                   if isinstance(c, dict) and not c.get("motion_type")]
+        if lacking:
+            raise UserError(f"{path}: {len(lacking)} clip(s) have no 'motion_type' ({sample_names(lacking)}); BRANCH 1 "
+                            "compares each clip with the standard of its technique: pass --motion-type "
+                            f"(one of {', '.join(sorted(standards))})")
+    segment = cfg.ALIGNMENT.REFERENCE_SEGMENT if use_standard else "NONE"
+    if segment != "NONE":
+        keys = segment_keys(segment)
+        if not all(isinstance(c, dict) and all(k in c for k in keys) for c in clips):
+            log.warning("%s: not every clip has the %s segment keys; searching the best standard window instead",
+                        path, segment)
+            segment = "NONE"
+    validate_clips(clips, path, require_labels=False, require_motion_type=False, standards=standards,
+                   segment=segment, require_subtraction=cfg.BRANCH == 2)
+    return clips, segment
+
+
+def labels_state(clips: list[dict]) -> str:
+    """'all' when every clip has labels, 'none' when none has, else 'some'."""
+    n = sum(1 for c in clips if c.get("labels"))
+    return "all" if n == len(clips) else "none" if n == 0 else "some"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def generate_captions(model, clips: list[dict], cfg: Config, segment: str, batch_size: int,
+                      device: torch.device) -> dict[str, dict]:
+    """{video_name: {caption, att_node [T][22], att_A [4][22][22]}} for every clip, batched."""
+    model.use_data_segment = segment != "NONE"  # new recordings may lack the data's segment keys
+    if model.branch == 2 and clips:
+        width = int(clips[0]["subtraction"].shape[-1])
+        expected = model.config.subtraction_dim
+        if width != expected:
+            raise UserError(f"'subtraction' features have width {width}, the checkpoint was trained with {expected}")
+    amp = autocast_dtype(cfg, device)
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+    dataset = EvalDataset(clips, segment=segment, retrieved=retrieved_for(cfg, clips))
+    return predict(model, dataset, dist, batch_size, cfg.generation, 0, amp)
+
+
+def captions_of(model, clips: list[dict], cfg: Config, segment: str, batch_size: int,
+                device: torch.device) -> dict[str, str]:
+    """{video_name: caption}: generate_captions without the attention."""
+    return {name: p["caption"] for name, p in generate_captions(model, clips, cfg, segment, batch_size, device).items()}
+
+
+def retrieved_for(cfg: Config, clips: list[dict]) -> Optional[list[str]]:
+    """RETRIEVAL.NEIGHBOURS > 0: the labels of each clip's nearest clips in the training file DATA.TRAIN."""
+    if not cfg.RETRIEVAL.NEIGHBOURS:
+        return None
+    path = cfg.path(cfg.DATA.TRAIN)
+    if path is None or not path.is_file():
+        raise UserError(f"config key DATA.TRAIN: {path} not found; RETRIEVAL.NEIGHBOURS={cfg.RETRIEVAL.NEIGHBOURS} "
+                        "gives the model the labels of the nearest training clips, so the training file is needed")
+    train = load_clips(path, cfg.DATA.MAX_FRAMES)
+    validate_clips(train, path, require_labels=True, require_motion_type=not cfg.TASK.PRETRAIN)
+    slot = cfg.RETRIEVAL.LABEL_INDEX
+    return retrieval_prompts(train, clips, cfg.RETRIEVAL.NEIGHBOURS, slot=slot if slot >= 0 else None)
+
+
+def untrained_model_captions(cfg: Config, clips: list[dict], standards: Optional[dict],
+                             device: torch.device) -> dict[str, str]:
+    """Captions of a freshly initialised model (seed SEED) with the experiment's tokenizer: the floor
+    a trained model is compared with."""
+    newest = ckpt.newest_valid_checkpoint(cfg.checkpoint_dir)
+    if newest is None:
+        raise UserError(f"{cfg.checkpoint_dir}: no valid checkpoint to take the tokenizer from")
+    state = ckpt.load_checkpoint(newest)
+    torch.manual_seed(cfg.SEED)
+    subtraction = int(clips[0]["subtraction"].shape[-1]) if cfg.BRANCH == 2 else 0
+    model = build_model(cfg, tokenizer_from_json(state["tokenizer_json"]), subtraction, standards)
+    preds = generate_captions(model.to(device).eval(), clips, cfg, cfg.ALIGNMENT.REFERENCE_SEGMENT
+                              if standards is not None else "NONE", cfg.DATA.EVAL_BATCH_SIZE, device)
+    return {k: v["caption"] for k, v in preds.items()}
