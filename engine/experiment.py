@@ -81,7 +81,7 @@ def check_resume_settings(cfg: Config, state: dict, source: Path) -> None:
 def make_tokenizer(cfg: Config, state: Optional[dict], train_clips: list[dict], dist: DistInfo):
     """The tokenizer travels with the weights; a fresh offline run trains one on its training captions."""
     if state is not None:
-        return tokenizer_from_json(state["tokenizer_json"])
+        return tokenizer_from_json(state["tokenizer_json"], "the checkpoint's tokenizer_json")
     if cfg.T5.NAME is not None:
         return load_pretrained_tokenizer(cfg.T5.NAME)
     text = None

@@ -179,7 +179,11 @@ class Trainer:
                         self.cfg.generation, self.cfg.DATA.NUM_WORKERS, self.amp_dtype)
         if not self.dist.is_main:
             return None
-        write_predictions(self.jsons, epoch, preds)
+        try:  # each file atomically: a full disk leaves the earlier epochs' files whole, and training goes on
+            write_predictions(self.jsons, epoch, preds)
+        except OSError as e:
+            log.error("epoch %d: cannot write the predictions to %s (%s); the epoch's checkpoint does not depend "
+                      "on them", epoch, self.jsons, e.strerror or e)
         collapse = motion_token_stats(self.exp.model, self.exp.test_set, self.dist.device,
                                       self.cfg.DATA.EVAL_BATCH_SIZE)
         for k, v in collapse.items():

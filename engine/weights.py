@@ -189,7 +189,7 @@ def model_from_checkpoint(state: dict, source: Path, standards: Optional[dict] =
                           config: Optional[MotionToTextConfig] = None) -> MotionToText:
     """The checkpoint's model with its weights. `config` replaces the stored one (resume passes the job's, which
     may change dropout or word dropout); its architecture must still fit the weights."""
-    tokenizer = tokenizer_from_json(state["tokenizer_json"])
+    tokenizer = tokenizer_from_json(state["tokenizer_json"], f"{source}: tokenizer_json")
     if config is None:
         stored = state.get("model_config")
         config = (MotionToTextConfig.from_dict(stored, f"{source}: model_config") if stored is not None

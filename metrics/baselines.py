@@ -20,9 +20,9 @@ from typing import Optional
 
 import numpy as np
 
-from dataloaders.retrieval import label_of_nearest
+from dataloaders.retrieval import label_of_nearest, nearest_training_clips
 from dataloaders.splits import person_id
-from metrics.caption import sanitize_caption
+from metrics.caption import CaptionScorer, sanitize_caption
 from metrics.java import ptb_tokenize
 
 NO_MOTION = " (no motion)"
@@ -150,8 +150,6 @@ def label_position_scores(train_clips: list[dict], exclude: str = "CLIP") -> dic
     """Leave-one-out retrieval on the training file, one score per label position i: each training clip gets
     the i-th label of its nearest other training clip (exclude PERSON: of another person), CIDEr against its
     own labels. The training-file evidence for RETRIEVAL.LABEL_INDEX (in BX a position is one annotator)."""
-    from dataloaders.retrieval import nearest_training_clips
-    from metrics.caption import CaptionScorer
 
     nearest = nearest_training_clips(train_clips, train_clips, 1, exclude)
     refs = {c["video_name"]: list(c["labels"]) for c in train_clips}

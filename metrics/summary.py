@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from common.errors import UserError
+from dataloaders.formats import load_clips
+from metrics.baselines import score_baselines, strongest_line
+from metrics.report import best_epoch, load_references, read_experiment_metrics
 
 SEED_SUFFIX = re.compile(r"_s\d+$")
 
@@ -35,8 +38,6 @@ def _run_config(run: Path, load_config: Callable):
 
 
 def selected_epoch(cfg, per_epoch: dict) -> int:
-    from metrics.report import best_epoch
-
     return best_epoch(per_epoch) if cfg.EVAL.EARLY_STOP_PATIENCE else max(per_epoch)
 
 
@@ -56,7 +57,6 @@ def distinct_runs(runs: list[Path]) -> list[Path]:
 def collect_runs(runs: list[Path], load_config: Callable) -> dict[tuple[str, str], list[dict]]:
     """{(experiment, split): [{"seed", "epoch", "metrics", "last", "train", "test"}, ...]}, each distinct
     run folder once. `load_config(path)` reads a run's config_resolved.yaml (engine.config_loader.load_config)."""
-    from metrics.report import read_experiment_metrics
 
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in distinct_runs(runs):
@@ -85,17 +85,12 @@ def seed_cell(scores: list[dict], key: str) -> str:
 
 def baseline_rows(scorer, train: Path, test: Path) -> tuple[dict[str, list[dict]], str]:
     """({baseline name: [metrics per draw]}, footnote) for one (training file, validation file) pair."""
-    from dataloaders.formats import load_clips
-    from metrics.baselines import score_baselines
-    from metrics.report import load_references
-
     return score_baselines(scorer, load_clips(train), load_clips(test), load_references(test))
 
 
 def markdown_table(groups: dict[tuple[str, str], list[dict]], keys: list[str], scorer=None) -> str:
     """Split by split: baselines first (when a scorer is given), then each experiment, mean ± std over seeds;
     with baselines, the strongest baseline of each split under the table."""
-    from metrics.baselines import strongest_line
 
     lines = ["| split | model | runs (seeds) | epoch | " + " | ".join(keys) + " | CIDEr, last epoch |",
              "|---|---|---|---|" + "---|" * (len(keys) + 1)]

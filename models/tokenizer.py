@@ -43,8 +43,13 @@ def tokenizer_to_json(tokenizer: PreTrainedTokenizerBase) -> str:
     return tokenizer.backend_tokenizer.to_str()
 
 
-def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
-    return _wrap(Tokenizer.from_str(text))
+def tokenizer_from_json(text: str, source: str = "tokenizer") -> PreTrainedTokenizerFast:
+    """The tokenizer a checkpoint carries; `source` names it in the error when the JSON is not a tokenizer."""
+    try:
+        return _wrap(Tokenizer.from_str(text))
+    except Exception as e:  # the tokenizers library raises a bare Exception for malformed JSON
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{source}: not a valid tokenizer ({first[:200]})") from None
 
 
 def load_pretrained_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -957,3 +957,22 @@ def test_scoring_longer_than_the_process_group_timeout_does_not_time_out_other_r
     res = run_train(cfg, nproc=2)
     assert res.returncode == 0, explain(res)
     assert (tmp_path / "exp" / "jsons" / "metrics_epoch1.json").is_file()
+
+
+def test_a_checkpoint_with_a_valid_digest_but_a_malformed_tokenizer_is_one_line(data, tmp_path):
+    from engine.checkpoint import load_checkpoint, save_checkpoint
+    from engine.weights import model_from_checkpoint
+
+    cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False},
+                           EVAL={"SCORE": False})
+    assert run_train(cfg).returncode == 0
+    folder = tmp_path / "exp" / "pretrain_checkpoints"
+    state = load_checkpoint(folder / "epoch_0001.pt")
+    state["tokenizer_json"] = '{"model": "not a tokenizer"}'
+    save_checkpoint(folder, "epoch_0002.pt", state, keep_last=5)  # a fresh, valid digest
+    with pytest.raises(UserError, match=r"epoch_0002.pt: tokenizer_json: not a valid tokenizer \("):
+        model_from_checkpoint(load_checkpoint(folder / "epoch_0002.pt"), folder / "epoch_0002.pt")
+    res = run([sys.executable, str(EVALUATE), "--exp", str(tmp_path / "exp"), "--checkpoint", "latest"],
+              env=cli_env())
+    assert res.returncode == EXIT_USER_ERROR and res.stderr.count("error:") == 1, explain(res)
+    assert "not a valid tokenizer" in res.stderr and "Traceback" not in res.stderr
