@@ -168,6 +168,7 @@ def test_missing_files_exit_2_with_one_clear_line(tmp_path):
 # ---- experiment: --exp, --checkpoint, --plot-attention -----------------------------------------------
 
 @needs_java
+@pytest.mark.slow
 def test_exp_scores_every_epoch_writes_metrics_json_and_plots(exp, data, tmp_path):
     plots = tmp_path / "plots"
     res = run("--exp", exp, "--plot-attention", plots, "--max-plots", 2)
@@ -194,6 +195,7 @@ def test_exp_scores_every_epoch_writes_metrics_json_and_plots(exp, data, tmp_pat
 
 
 @needs_java
+@pytest.mark.slow
 def test_checkpoint_latest_on_labelled_test_data_reproduces_training_eval(exp, tmp_path):
     out = tmp_path / "preds.json"
     res = run("--exp", exp, "--checkpoint", "latest", "--out", out, "--json", tmp_path / "m.json")
@@ -208,6 +210,7 @@ def test_checkpoint_latest_on_labelled_test_data_reproduces_training_eval(exp, t
 
 
 @needs_java
+@pytest.mark.slow
 def test_motion_control_recaptions_with_swapped_motion_and_writes_json(exp, data, tmp_path):
     from dataloaders.formats import load_clips
 
@@ -234,6 +237,7 @@ def test_motion_control_recaptions_with_swapped_motion_and_writes_json(exp, data
 
 
 @needs_java
+@pytest.mark.slow
 def test_exp_baselines_mark_the_rows_without_motion_and_name_the_strongest(exp):
     res = run("--exp", exp, "--baselines", "--no-meteor", timeout=300)
     assert res.returncode == 0, explain(res)
@@ -247,6 +251,7 @@ def test_exp_baselines_mark_the_rows_without_motion_and_name_the_strongest(exp):
 
 
 @needs_java
+@pytest.mark.slow
 def test_retrieval_model_checkpoint_retrieves_as_in_training(data, tmp_path):
     """RETRIEVAL.NEIGHBOURS: evaluate.py re-reads DATA.TRAIN and gives each clip the same neighbours'
     labels as training did, so the predictions of the checkpoint are the ones training wrote."""
@@ -273,6 +278,7 @@ def test_retrieval_model_checkpoint_retrieves_as_in_training(data, tmp_path):
     assert "DATA.TRAIN" in res.stderr and "RETRIEVAL.NEIGHBOURS" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_a_run_folder_without_config_yaml_is_read_through_its_resolved_config(exp, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(exp, run_dir)
@@ -287,6 +293,7 @@ def test_a_run_folder_without_config_yaml_is_read_through_its_resolved_config(ex
     assert str(run_dir / "checkpoints" / "epoch_0001.pt") in res.stderr  # its own checkpoint, logged
 
 
+@pytest.mark.slow
 def test_checkpoint_on_unlabelled_npy_clip_writes_predictions_and_plot(exp, data, tmp_path):
     from dataloaders.formats import load_clips
 

@@ -65,6 +65,7 @@ def assert_same_training(resumed, reference):
 
 # ---- end to end, 2 processes -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_torchrun_two_processes_writes_every_artifact(run_2p, data, test_names):
     exp, res = run_2p
     ckpts = exp / "pretrain_checkpoints"
@@ -117,6 +118,7 @@ def test_torchrun_two_processes_writes_every_artifact(run_2p, data, test_names):
 
 # ---- resume --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_one_process_resume_after_sigterm_and_after_a_crash_is_exact(baseline_1p, data, tmp_path, test_names):
     """SIGTERM inside epoch 1, SIGTERM in its last batch, then a hard crash as epoch 2 starts: each relaunch
     continues, and the last one ends exactly where the uninterrupted run ends."""
@@ -150,6 +152,7 @@ def test_one_process_resume_after_sigterm_and_after_a_crash_is_exact(baseline_1p
     assert sorted(read_json(exp / "jsons" / "results_epoch2.json")) == test_names
 
 
+@pytest.mark.slow
 def test_two_process_resume_after_sigterm_on_one_rank_is_exact(run_2p, data, tmp_path):
     """Only rank 1 gets SIGTERM, inside epoch 2: both ranks stop at the same step, the checkpoint holds
     both ranks' RNG streams, and the relaunch ends where the uninterrupted 2-process run ends."""
@@ -166,6 +169,7 @@ def test_two_process_resume_after_sigterm_on_one_rank_is_exact(run_2p, data, tmp
 
 # ---- finetuning ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_finetune_loads_pretrained_weights_except_the_projection(baseline_1p, data, tmp_path):
     pretrained = load_final(baseline_1p / "pretrain_checkpoints")["model"]
     cfg = write_experiment(tmp_path / "ft", data, pretrain=False,
@@ -193,6 +197,7 @@ def test_finetune_loads_pretrained_weights_except_the_projection(baseline_1p, da
     (["HIDDEN_CHANNEL=8", "OUT_CHANNEL=32"], "HIDDEN_CHANNEL"),
     (["T5.NAME=t5-small"], "T5.NAME"),  # a hub T5 with its own tokenizer vs the config-built one
 ])
+@pytest.mark.slow
 def test_finetune_with_another_model_size_is_a_clear_error(baseline_1p, data, tmp_path, overrides, key):
     from common.errors import UserError
 
@@ -201,6 +206,7 @@ def test_finetune_with_another_model_size_is_a_clear_error(baseline_1p, data, tm
         build_in_process(cfg, overrides)
 
 
+@pytest.mark.slow
 def test_finetune_from_a_foreign_or_config_less_checkpoint_is_a_clear_error(baseline_1p, data, tmp_path):
     from engine.checkpoint import save_checkpoint
     from common.errors import UserError
@@ -216,6 +222,7 @@ def test_finetune_from_a_foreign_or_config_less_checkpoint_is_a_clear_error(base
         build_in_process(cfg)
 
 
+@pytest.mark.slow
 def test_finetune_cli_starts_from_pretrain_checkpoints_of_its_folder(baseline_1p, data, tmp_path):
     exp = tmp_path / "exp"
     shutil.copytree(baseline_1p / "pretrain_checkpoints", exp / "pretrain_checkpoints")
@@ -257,6 +264,7 @@ def test_config_errors_are_one_line_and_exit_2(data, tmp_path, where, args, mess
     assert "yaml" in imported and not {"torch", "transformers"} & imported
 
 
+@pytest.mark.slow
 def test_dry_run_prints_a_json_summary_and_trains_nothing(data, tmp_path):
     cfg = write_experiment(tmp_path / "exp", data)
     res = run_train(cfg, "--dry-run")
@@ -289,6 +297,7 @@ def multinode_run(data, tmp_path_factory):
     return exp, outs
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine_train_one_epoch_together(multinode_run, data):
     exp, outs = multinode_run
     for res in outs:
@@ -298,6 +307,7 @@ def test_two_nodes_on_one_machine_train_one_epoch_together(multinode_run, data):
     assert sorted(read_json(exp / "jsons" / "results_epoch1.json")) == sorted(video_names(data["pretrain_test"]))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_takes_one_optimizer_step_per_accumulated_group(multinode_run):
     exp, _ = multinode_run
     state = load_final(exp / "pretrain_checkpoints")
@@ -376,6 +386,7 @@ def test_keep_last_k_keeps_the_newest_by_epoch_and_step(tmp_path):
 
 # ---- early stopping -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_early_stop_keeps_the_best_checkpoint_and_a_relaunch_trains_nothing(data, tmp_path):
     # LR 1e-12: the captions never change, so the validation CIDEr never beats epoch 1's.
     cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"LR": 1e-12, "MAX_EPOCH": 6},
@@ -411,6 +422,7 @@ def test_early_stop_config_errors(data, tmp_path, sets, message):
     assert res.returncode == 2 and message in res.stderr, explain(res)
 
 
+@pytest.mark.slow
 def test_score_false_writes_predictions_without_metrics(data, tmp_path):
     cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, EVAL={"SCORE": False})
     res = run_train(cfg)
