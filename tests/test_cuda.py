@@ -124,6 +124,7 @@ def test_syncbatchnorm_and_ddp_on_a_one_rank_nccl_group(tmp_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_cli_trains_on_the_gpu_in_bf16_and_resumes(tmp_path):
     data = tiny_data(tmp_path / "data")
     cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 2})
