@@ -148,6 +148,7 @@ def test_mismatched_ids_exit_2_listing_them(tmp_path):
     assert "'c3'" in err and "'zz_extra'" in err and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_missing_files_exit_2_with_one_clear_line(tmp_path):
     refs = write_json(tmp_path / "r.json", REFS)
     (tmp_path / "bad.json").write_text('{"c0": "a person')
@@ -408,6 +409,7 @@ def test_summary_is_mean_and_std_over_seeds_of_the_selected_epochs(data, tmp_pat
     assert rows[1].startswith("| person | exp_b | 1 (1) | 3 | 3.00 |") and rows[1].endswith("| 20.00 | 20.00 |")
 
 
+@pytest.mark.slow
 def test_summary_with_baselines_and_bad_folders(data, tmp_path, capsys):
     import evaluate
 

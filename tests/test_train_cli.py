@@ -317,6 +317,7 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_accumulated_group(mu
 
 
 
+@pytest.mark.slow
 def test_accumulated_gradient_is_the_mean_over_its_micro_batches_even_for_a_short_last_group(data, tmp_path,
                                                                                            one_thread):
     """3 batches, GRAD_ACCUM_STEPS 2: steps see mean(g0, g1) and g2 (not g2 / 2). In-process, no dropout."""
