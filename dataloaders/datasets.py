@@ -175,12 +175,13 @@ def collate(items: list[dict]) -> dict:
 
 
 def load_dataset(path, *, pretrain: bool, branch: int, segment: str = "NONE", standards=None,
-                 require_labels: bool = True, max_frames: Optional[int] = None) -> list[dict]:
+                 max_frames: Optional[int] = None) -> list[dict]:
     """Load and validate a train/test file with what the task needs.
 
     Finetuning needs `motion_type`; finetuning with BRANCH 1 needs `standards` (a dict from load_standards,
     or its path) covering every motion type, and the segment keys when `segment` is GT/ALIGNED/ERROR;
-    BRANCH 2 needs `subtraction`. `require_labels=False` admits unlabeled files for inference. `max_frames`
+    BRANCH 2 needs `subtraction`. Every clip needs labels (engine/prediction.py admits unlabeled files for
+    inference). `max_frames`
     (DATA.MAX_FRAMES; None: no limit) refuses longer clips of the file and of the standards."""
     segment = _norm_segment(segment)
     if branch not in (0, 1, 2):
@@ -191,7 +192,7 @@ def load_dataset(path, *, pretrain: bool, branch: int, segment: str = "NONE", st
     if use_standard and standards is None:
         raise UserError(f"{path}: BRANCH 1 finetuning needs the standards file (config key DATA.STANDARD)")
     clips = load_clips(path, max_frames)
-    validate_clips(clips, path, require_labels=require_labels, require_motion_type=not pretrain,
+    validate_clips(clips, path, require_labels=True, require_motion_type=not pretrain,
                    standards=standards if use_standard else None,
                    segment=segment if use_standard else "NONE", require_subtraction=branch == 2)
     return clips

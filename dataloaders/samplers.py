@@ -23,11 +23,10 @@ With ``bucket_by_length=False`` steps 3–4 change nothing, and the batches of r
 ``DistributedSampler(..., seed=seed, shuffle=shuffle, drop_last=...)`` cut into ``batch_size`` chunks by
 a ``BatchSampler`` (``drop_last`` there too).
 
-Resume: ``state_dict(batches_consumed)`` / ``load_state_dict(state)`` or ``set_epoch(e)`` +
-``set_start_batch(k)``: the next iteration of epoch ``e`` skips its first ``k`` batches and yields exactly
-the batches an uninterrupted run would have yielded after them. ``__len__`` stays the full number of
-batches per rank per epoch (use ``remaining()`` for the resumed epoch). The start batch applies to one
-iteration only, and ``set_epoch`` to another epoch clears it.
+Resume (the trainer stores epoch and batches done in its checkpoint): ``set_epoch(e)`` + ``set_start_batch(k)``:
+the next iteration of epoch ``e`` skips its first ``k`` batches and yields exactly the batches an
+uninterrupted run would have yielded after them. ``__len__`` stays the full number of batches per rank per
+epoch. The start batch applies to one iteration only, and ``set_epoch`` to another epoch clears it.
 
 ``ShardedEvalSampler`` — evaluation: every index exactly once across ranks, no padding, shard sizes
 differ by at most one (strided shards; ranks beyond ``N`` get nothing), optionally each shard sorted by
@@ -40,7 +39,6 @@ to its longest clip.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -97,7 +95,6 @@ class BucketedDistributedSampler:
             self.total_size = math.ceil(n / self.num_replicas) * self.num_replicas
         self.epoch = 0
         self._start_batch = 0
-        self._yielded = 0
 
     # ---- epoch order -------------------------------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -138,25 +135,18 @@ class BucketedDistributedSampler:
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.rank_batches()
         start, self._start_batch = self._start_batch, 0
-        self._yielded = start
         for batch in batches[start:]:
-            self._yielded += 1
             yield batch
 
     def __len__(self) -> int:
         return math.ceil(self.total_size / self.global_batch)
-
-    def remaining(self) -> int:
-        """Batches the next iteration will yield (less than ``len`` right after a mid-epoch resume)."""
-        return len(self) - self._start_batch
 
     # ---- epoch / resume ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         epoch = int(epoch)
         if epoch != self.epoch:
             self._start_batch = 0
-            self._yielded = 0
-        self.epoch = epoch
+            self.epoch = epoch
 
     def set_start_batch(self, k: int) -> None:
         """Make the next iteration of the current epoch skip its first ``k`` batches."""
@@ -164,46 +154,6 @@ class BucketedDistributedSampler:
         if not 0 <= k <= len(self):
             raise ValueError(f"start batch {k}: expected 0..{len(self)} (batches per rank per epoch)")
         self._start_batch = k
-
-    def _signature(self) -> dict:
-        return {"num_samples": self.num_samples_total, "batch_size": self.batch_size,
-                "num_replicas": self.num_replicas, "seed": self.seed, "shuffle": self.shuffle,
-                "bucket_by_length": self.bucket_by_length, "drop_last": self.drop_last,
-                "mega_batch_factor": self.mega_batch_factor}
-
-    def state_dict(self, batches_consumed: int | None = None) -> dict:
-        """Epoch and batches already consumed in it, plus the settings that determine the order.
-
-        Pass ``batches_consumed`` (the optimizer steps done in this epoch) from the training loop: with
-        DataLoader workers the sampler runs ahead of the model by the prefetch depth, so its own count
-        of yielded batches (the default) overestimates what was trained on.
-        """
-        consumed = self._yielded if batches_consumed is None else int(batches_consumed)
-        return {"epoch": self.epoch, "batches_consumed": consumed, **self._signature()}
-
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Continue epoch ``state['epoch']`` after its ``batches_consumed`` batches.
-
-        The order can only be reproduced with the same data size, batch size, world size and settings;
-        otherwise ``strict`` raises ``UserError``, and ``strict=False`` warns and restarts the stored epoch
-        at the same fraction of it (samples may then be seen twice or not at all in that epoch).
-        """
-        ours = self._signature()
-        diff = {k: (state.get(k), v) for k, v in ours.items() if k in state and state[k] != v}
-        self.epoch = int(state["epoch"])
-        consumed = int(state.get("batches_consumed", 0))
-        if diff:
-            what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-            if strict:
-                raise UserError(f"cannot resume the batch order of epoch {self.epoch} exactly: {what}; "
-                                f"resume with the same settings, or restart that epoch from its beginning")
-            old_len = max(1, math.ceil(int(state.get("num_samples", self.num_samples_total)) /
-                                       (int(state.get("batch_size", self.batch_size)) *
-                                        int(state.get("num_replicas", self.num_replicas)))))
-            consumed = min(len(self), round(consumed * len(self) / old_len))
-            warnings.warn(f"sampler resumed approximately ({what}): epoch {self.epoch} restarts at batch "
-                          f"{consumed} of {len(self)}", stacklevel=2)
-        self.set_start_batch(min(consumed, len(self)))
 
 
 class ShardedEvalSampler:
@@ -231,10 +181,3 @@ class ShardedEvalSampler:
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def batches(self, batch_size: int) -> list[list[int]]:
-        """This shard cut into consecutive batches (pass as ``batch_sampler=`` for batched evaluation)."""
-        if int(batch_size) < 1:
-            raise UserError(f"evaluation batch size {batch_size}: expected a positive integer")
-        b = int(batch_size)
-        return [self.indices[s:s + b] for s in range(0, len(self.indices), b)]

@@ -39,7 +39,8 @@ class Experiment:
     init_source: Optional[Path]  # pretrain weights loaded into a new finetuning run
 
 
-def load_data(cfg: Config, with_train: bool = True):
+def load_data(cfg: Config):
+    """(training clips, test clips, standards or None), each checked for this config."""
     standards = None
     if cfg.BRANCH == 1 and not cfg.TASK.PRETRAIN:
         if cfg.DATA.STANDARD is None:
@@ -47,7 +48,7 @@ def load_data(cfg: Config, with_train: bool = True):
         standards = load_standards(cfg.path(cfg.DATA.STANDARD), cfg.DATA.MAX_FRAMES)
     kwargs = dict(pretrain=cfg.TASK.PRETRAIN, branch=cfg.BRANCH, segment=cfg.ALIGNMENT.REFERENCE_SEGMENT,
                   standards=standards, max_frames=cfg.DATA.MAX_FRAMES)
-    train_clips = load_dataset(cfg.path(cfg.DATA.TRAIN), **kwargs) if with_train else None
+    train_clips = load_dataset(cfg.path(cfg.DATA.TRAIN), **kwargs)
     test_clips = load_dataset(cfg.path(cfg.DATA.TEST), **kwargs)
     return train_clips, test_clips, standards
 

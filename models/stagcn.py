@@ -19,10 +19,6 @@ NUM_ATT_GRAPHS = 4  # learned per-sample graphs used by the perception branch
 ATT_CHANNELS = 1024  # width of the attention head
 
 
-def count_parameters(module):
-    return sum(p.numel() for p in module.parameters())
-
-
 def _blocks(widths, num_kernels, dropout, learnable_mask, plain_first=False):
     """ST-GC blocks for (in, out) widths; plain_first: the first block has no residual and no dropout."""
     blocks = []
