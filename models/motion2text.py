@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from transformers import T5ForConditionalGeneration
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from alignment.reference import aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width
 from dataloaders.features import skeleton_features
@@ -43,7 +43,8 @@ def pack_sequences(a: torch.Tensor, a_mask: torch.Tensor, b: torch.Tensor,
 
 
 class MotionToText(nn.Module):
-    def __init__(self, config: MotionToTextConfig, tokenizer, t5: Optional[T5ForConditionalGeneration] = None,
+    def __init__(self, config: MotionToTextConfig, tokenizer: PreTrainedTokenizerBase,
+                 t5: Optional[T5ForConditionalGeneration] = None,
                  standards: Optional[dict[str, torch.Tensor]] = None):
         """`t5`: pretrained weights to start from; by default a T5 is built from `config.t5` (never downloaded)."""
         super().__init__()

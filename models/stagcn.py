@@ -19,7 +19,8 @@ NUM_ATT_GRAPHS = 4  # learned per-sample graphs used by the perception branch
 ATT_CHANNELS = 1024  # width of the attention head
 
 
-def _blocks(widths, num_kernels, dropout, learnable_mask, plain_first=False):
+def _blocks(widths: list[int], num_kernels: int, dropout: float, learnable_mask: bool,
+            plain_first: bool = False) -> nn.ModuleList:
     """ST-GC blocks for (in, out) widths; plain_first: the first block has no residual and no dropout."""
     blocks = []
     for i, (c_in, c_out) in enumerate(widths):
@@ -35,7 +36,7 @@ class AttentionHead(nn.Module):
     Convolutions have no bias: each feeds (through linear ops only) a BatchNorm that removes it.
     """
 
-    def __init__(self, in_channels, num_joints):
+    def __init__(self, in_channels: int, num_joints: int):
         super().__init__()
         self.bn = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, ATT_CHANNELS, 1, bias=False)
@@ -44,7 +45,7 @@ class AttentionHead(nn.Module):
         self.graph_conv = nn.Conv2d(ATT_CHANNELS, NUM_ATT_GRAPHS * num_joints, 1, bias=False)
         self.graph_bn = nn.BatchNorm2d(NUM_ATT_GRAPHS * num_joints)
 
-    def forward(self, x, frame_mask):
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, _, T, V = x.shape
         h = self.conv(self.bn(x))  # [B, 1024, T, V]
         att_node = torch.sigmoid(self.node_bn(self.node_conv(h))) * frame_mask  # [B, 1, T, V]
@@ -56,7 +57,7 @@ class AttentionHead(nn.Module):
 
 
 class STAGCN(nn.Module):
-    def __init__(self, hidden_channel=32, out_channel=128, dropout=0.5, num_joints=22):
+    def __init__(self, hidden_channel: int = 32, out_channel: int = 128, dropout: float = 0.5, num_joints: int = 22):
         super().__init__()
         h, o = hidden_channel, out_channel
         if o != 4 * h:
@@ -82,7 +83,8 @@ class STAGCN(nn.Module):
     # run from memory, not cache, and every clip paid for the batch's longest one.
     EVAL_CHUNK = 4
 
-    def forward(self, features, frame_mask):
+    def forward(self, features: torch.Tensor,
+                frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """features [B, 6, T, V] (joints xyz, bones xyz); frame_mask [B, T] bool, True = real frame.
 
         Returns embedding [B, T, V, 4o], att_node [B, 1, T, V] (0 on padded frames), att_A [B, 4, V, V].
@@ -100,7 +102,8 @@ class STAGCN(nn.Module):
             return outputs[0]
         return tuple(torch.cat(parts) for parts in zip(*outputs))
 
-    def _forward(self, features, frame_mask):
+    def _forward(self, features: torch.Tensor,
+                 frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, C, T, V = features.shape
         mask = frame_mask.to(features.dtype).view(B, 1, T, 1)
 

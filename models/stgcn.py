@@ -13,7 +13,7 @@ class Dropout(nn.Dropout):
     same global generator (other draws); other devices, eval mode and p ∈ {0, 1} use nn.Dropout unchanged.
     """
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.device.type != "cpu" or not 0.0 < self.p < 1.0:
             return super().forward(x)
         keep = torch.rand_like(x) >= self.p  # bool: 1 byte per element kept for backward, as native dropout
@@ -32,8 +32,8 @@ class STGCBlock(nn.Module):
     never receive a gradient, as in the original).
     """
 
-    def __init__(self, in_channels, out_channels, num_kernels, residual=True, dropout=0.5,
-                 learnable_mask=True, num_nodes=22, temporal_kernel=9):
+    def __init__(self, in_channels: int, out_channels: int, num_kernels: int, residual: bool = True,
+                 dropout: float = 0.5, learnable_mask: bool = True, num_nodes: int = 22, temporal_kernel: int = 9):
         super().__init__()
         self.num_kernels = num_kernels
         self.graph_conv = nn.Conv2d(in_channels, out_channels * num_kernels, 1)
@@ -50,7 +50,7 @@ class STGCBlock(nn.Module):
         else:
             self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
 
-    def forward(self, x, frame_mask, A):
+    def forward(self, x: torch.Tensor, frame_mask: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         """x [B, C_in, T, V], frame_mask [B, 1, T, 1] (1 = real frame), A [K, V, V] or [B, K, V, V]."""
         y = self.graph_convolution(x, A)  # [B, C_out, T, V]
         # Padded frames hold BN/conv biases here; zero them so the temporal conv sees what it sees at
@@ -61,7 +61,7 @@ class STGCBlock(nn.Module):
             y = y + self.residual(x)
         return y * frame_mask
 
-    def graph_convolution(self, x, A):
+    def graph_convolution(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
         """Σ_k (W_k x + b_k) · A_k, i.e. the 1×1 conv to C_out × K channels followed by
         einsum('nkctv,kvw->nctw') (or 'nkctv,nkvw->nctw' with per-sample graphs), computed graph first.
 
