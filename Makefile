@@ -85,24 +85,11 @@ bx-cv: .venv/.installed
 		$(if $(BX_EPOCHS),--epochs $(BX_EPOCHS)) \
 		$(if $(BX_TAG),--tag $(BX_TAG)) $(if $(BX_SET),--set $(BX_SET))
 
-# The README's BX table: the recommended setting and the model without retrieval with 3 seeds each, and each
-# ablation of the latter (branch 0, SKELETON_POOL, synthetic pretraining) with seed 42, on both splits; BX_JOBS single-process runs at a time
-# into results/bx_runs/<experiment>/<split>_s<seed>/ (a re-run resumes or skips finished runs), then one
-# table of mean ± std next to the baselines.
+# The README's BX table (tools/bx_grid.py says which runs): BX_JOBS single-process runs at a time into
+# results/bx_runs/<experiment>/<split>_s<seed>/ (a re-run resumes or skips finished runs), then one table of
+# mean ± std next to the baselines.
 BX_JOBS ?= 2
-# On the person-disjoint split a training clip retrieves no clip of its own person (RETRIEVAL.EXCLUDE PERSON),
-# as validation clips cannot.
-BX_RUNS := $(foreach split,random person,$(foreach exp,bx_finetune bx_no_retrieval,$(foreach seed,42 43 44,\
-	$(exp):$(split):$(seed)))) $(foreach split,random person,\
-	$(foreach exp,bx_branch0 bx_skeleton_pool bx_from_synthetic,$(exp):$(split):42))
-BX_RUN_ONE = OMP_NUM_THREADS=1 $(PY) train_t5_stagcn.py --cfg_file results/$$1/config.yaml --set SEED=$$3 \
-	LOGDIR=results/bx_runs/$$1/$$2_s$$3 DATA.TRAIN=data/splits/bx_$$2_train.pkl DATA.TEST=data/splits/bx_$$2_val.pkl \
-	RETRIEVAL.EXCLUDE=$$(test $$2 = person && echo PERSON || echo CLIP)
 
 bx-experiments: .venv/.installed data/splits/bx_person_train.pkl $(SYN)/train.pkl
 	OMP_NUM_THREADS=2 $(PY) train_t5_stagcn.py --cfg_file results/bx_pretrain_synthetic/config.yaml
-	mkdir -p results/bx_runs
-	printf '%s\n' $(BX_RUNS) | xargs -P $(BX_JOBS) -I RUN sh -c 'set -- $$(echo RUN | tr : " "); \
-		echo "run $$1 $$2 seed $$3"; $(BX_RUN_ONE) > results/bx_runs/$$1.$$2_s$$3.log 2>&1 \
-		|| { echo "FAILED: $$1 $$2 seed $$3, see results/bx_runs/$$1.$$2_s$$3.log"; exit 255; }'
-	$(PY) evaluate.py --summary results/bx_runs/*/*/ --baselines
+	$(PY) tools/bx_grid.py --jobs $(BX_JOBS)

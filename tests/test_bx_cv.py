@@ -114,3 +114,15 @@ def test_runner_refuses_overrides_of_the_keys_it_sets(folds):
     res = subprocess.run([sys.executable, str(RUNNER), str(folds / "exp"), "--splits", str(folds / "nowhere")],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == EXIT_USER_ERROR and "syn" not in res.stderr and "fold file not found" in res.stderr
+
+
+def test_the_bx_grid_is_every_experiment_split_and_seed_with_person_exclusion_on_the_person_split():
+    from tools.bx_grid import RUNS, overrides
+
+    assert len(RUNS) == len(set(RUNS)) == 2 * (2 * 3 + 3)
+    assert {(e, s) for e, s, _ in RUNS if _ == 44} == {(e, s) for e in ("bx_finetune", "bx_no_retrieval")
+                                                      for s in ("random", "person")}
+    person = overrides(Path("out"), Path("splits"), "bx_no_retrieval", "person", 43)
+    assert person == ["SEED=43", "LOGDIR=out/bx_no_retrieval/person_s43", "DATA.TRAIN=splits/bx_person_train.pkl",
+                      "DATA.TEST=splits/bx_person_val.pkl", "RETRIEVAL.EXCLUDE=PERSON"]
+    assert overrides(Path("out"), Path("splits"), "bx_finetune", "random", 42)[-1] == "RETRIEVAL.EXCLUDE=CLIP"
