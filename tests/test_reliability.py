@@ -71,20 +71,6 @@ def assert_same_training(exp: Path, reference: Path) -> None:
     assert [h["loss"] for h in got] == pytest.approx([h["loss"] for h in want], abs=TOL, rel=0)
 
 
-@pytest.fixture
-def restore_logging():
-    """The entry points reconfigure the `motion2text` logger; put it back after an in-process call."""
-    logger = logging.getLogger("motion2text")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()  # e.g. the train.log FileHandler of an in-process run
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
-
-
 def write_digest(path: Path) -> None:
     """A matching digest, as save_checkpoint writes it: the file then counts as a complete checkpoint."""
     path.with_name(path.name + ".sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest())

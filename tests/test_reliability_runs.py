@@ -49,18 +49,6 @@ def trained(data, tmp_path_factory):
     return cfg.parent
 
 
-@pytest.fixture
-def restore_logging():
-    """The entry points reconfigure the `motion2text` logger; put it back after an in-process call."""
-    logger = logging.getLogger("motion2text")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()
-    logger.handlers[:], logger.level, logger.propagate = saved
-
-
 def one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
