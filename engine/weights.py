@@ -19,14 +19,18 @@ from engine.config import Config
 from metrics.report import BEST_BY, METRICS_FILE, ranked_epochs, read_experiment_metrics
 from models.config import MotionToTextConfig
 from models.motion2text import MotionToText
-from models.text_model import load_pretrained_t5, t5_config_dict
+from models.text_model import load_pretrained_t5, local_t5_config, t5_config_dict
 from models.tokenizer import tokenizer_from_json
 
 log = logging.getLogger("motion2text")
 
-# Job config keys that fix the shapes of the loaded tensors: pretraining and finetuning must agree on them.
-SIZE_KEYS = ("HIDDEN_CHANNEL", "OUT_CHANNEL", "T5.NAME", "T5.D_MODEL", "T5.NUM_LAYERS", "T5.NUM_HEADS",
-             "T5.D_KV", "T5.D_FF")
+# Job config keys that fix the shapes of the encoder's tensors: pretraining and finetuning must agree on them.
+# The T5's shapes are compared by architecture (`check_t5_architecture`), never by the T5.NAME text: the same
+# T5 copied to another folder is the same model.
+SIZE_KEYS = ("HIDDEN_CHANNEL", "OUT_CHANNEL")
+# The T5 config fields that fix its tensor shapes, and the job config key that sets each for a config-built T5.
+T5_SIZE_FIELDS = {"d_model": "T5.D_MODEL", "num_layers": "T5.NUM_LAYERS", "num_decoder_layers": "T5.NUM_LAYERS",
+                  "num_heads": "T5.NUM_HEADS", "d_kv": "T5.D_KV", "d_ff": "T5.D_FF", "vocab_size": None}
 # ... and those that change what the model reads or writes: evaluating needs the training values.
 EVAL_KEYS = SIZE_KEYS + ("BRANCH", "TASK.PRETRAIN", "TRANSFORMATION.REDUCTION_POLICY", "RETRIEVAL.NEIGHBOURS",
                          "RETRIEVAL.LABEL_INDEX")
@@ -123,17 +127,67 @@ def _lookup(tree: dict, dotted: str):
 
 
 def check_architecture(cfg: Config, state: dict, source: Path, fix: str, keys=SIZE_KEYS) -> None:
-    """Name the first config key whose value differs from the one the weights were trained with."""
+    """Name the first config key (or T5 size) whose value differs from the one the weights were trained with."""
     saved = state.get("config")
-    if not isinstance(saved, dict):
-        return  # no stored config: the strict state-dict load still checks every shape
-    ours = cfg.to_dict()
-    for key in keys:
-        if key.startswith("T5.") and key != "T5.NAME" and cfg.T5.NAME is not None:
-            continue  # sizes of a named T5 come from its own config
-        theirs, mine = _lookup(saved, key), _lookup(ours, key)
-        if theirs is not _ABSENT and theirs != mine:
-            raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; {fix}")
+    if isinstance(saved, dict):  # without a stored config the strict state-dict load still checks every shape
+        ours = cfg.to_dict()
+        for key in keys:
+            theirs, mine = _lookup(saved, key), _lookup(ours, key)
+            if theirs is not _ABSENT and theirs != mine:
+                raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; {fix}")
+    check_t5_architecture(cfg, state, source, fix)
+
+
+def _t5_sizes(t5: dict) -> dict:
+    sizes = {f: t5.get(f) for f in T5_SIZE_FIELDS}
+    if sizes["num_decoder_layers"] is None:  # transformers' T5Config: None means as many as the encoder
+        sizes["num_decoder_layers"] = sizes["num_layers"]
+    return {f: v for f, v in sizes.items() if v is not None}
+
+
+def stored_t5_sizes(state: dict) -> Optional[dict]:
+    """The T5 sizes of a checkpoint: its model_config's T5 dict; for an older checkpoint the T5.* sizes of its
+    job config when that built its T5, else the config.json of its T5.NAME folder if still there."""
+    model_config = state.get("model_config")
+    if isinstance(model_config, dict) and isinstance(model_config.get("t5"), dict):
+        return _t5_sizes(model_config["t5"])
+    saved_t5 = (state.get("config") or {}).get("T5")
+    if not isinstance(saved_t5, dict):
+        return None
+    if saved_t5.get("NAME") is None:
+        return _t5_sizes(_sizes_from_keys(saved_t5))
+    named = local_t5_config(saved_t5["NAME"])
+    return _t5_sizes(named) if named is not None else None
+
+
+def _sizes_from_keys(t5_section: dict) -> dict:
+    """T5 config fields from a job config's T5 section (the sizes t5_config_dict builds, vocabulary aside)."""
+    return {field: t5_section.get(key.split(".")[1]) for field, key in T5_SIZE_FIELDS.items() if key}
+
+
+def check_t5_architecture(cfg: Config, state: dict, source: Path, fix: str) -> None:
+    """The T5 this job config would build has the checkpoint's sizes. A config-built T5 (T5.NAME empty) is
+    compared key by key; a named T5 only when T5.NAME is a local folder (its config.json), since loading or
+    downloading a model to compare would defeat a checkpoint that needs neither. The vocabulary of a
+    config-built T5 follows the checkpoint's tokenizer, so only a named T5's is compared."""
+    theirs = stored_t5_sizes(state)
+    if theirs is None:
+        return  # nothing cheap to compare: the strict state-dict load still checks every shape
+    if cfg.T5.NAME is None:
+        mine = _t5_sizes(_sizes_from_keys(cfg.to_dict()["T5"]))
+    else:
+        named = local_t5_config(cfg.T5.NAME)
+        if named is None:
+            return
+        mine = _t5_sizes(named)
+    for field, key in T5_SIZE_FIELDS.items():
+        if field in theirs and field in mine and theirs[field] != mine[field]:
+            if cfg.T5.NAME is None:
+                differs = f"trained with {key}={theirs[field]!r}, this config has {key}={mine[field]!r}"
+            else:
+                differs = (f"trained with a T5 of {field}={theirs[field]!r}, the T5 of T5.NAME={cfg.T5.NAME!r} has "
+                           f"{field}={mine[field]!r}")
+            raise UserError(f"{source}: {differs}; {fix}")
 
 
 # ---- building ------------------------------------------------------------------------------------
@@ -144,6 +198,7 @@ def t5_architecture(cfg: Config, tokenizer, state: Optional[dict]) -> tuple[dict
     stored = (state or {}).get("model_config")
     if cfg.T5.NAME is not None:
         if isinstance(stored, dict) and stored.get("t5"):
+            log.info("T5.NAME=%r: not loaded, the checkpoint's own T5 architecture and weights are used", cfg.T5.NAME)
             return stored["t5"], None
         pretrained = load_pretrained_t5(cfg.T5.NAME, tokenizer)
         return pretrained.config.to_dict(), pretrained

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from transformers import PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
@@ -22,6 +23,19 @@ def t5_config_dict(tokenizer: PreTrainedTokenizerBase, d_model: int, num_layers:
 def t5_from_config(config: dict) -> T5ForConditionalGeneration:
     """Random weights of the architecture `config` describes; the caller loads the trained ones."""
     return T5ForConditionalGeneration(T5Config.from_dict(config))
+
+
+def local_t5_config(name: str) -> Optional[dict]:
+    """The config of T5.NAME when it is a local folder (its config.json only, no weights); None for a hub name or
+    a folder that is not there: comparing architectures must never load or download a model."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return None
+    try:
+        return T5Config.from_pretrained(str(folder)).to_dict()
+    except (OSError, ValueError) as e:
+        raise UserError(f"T5.NAME={name!r}: cannot read {folder / 'config.json'} ({str(e).splitlines()[0]}); "
+                        "expected the config.json of a T5 saved with save_pretrained") from None
 
 
 def load_pretrained_t5(name: str, tokenizer: PreTrainedTokenizerBase) -> T5ForConditionalGeneration:
