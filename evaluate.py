@@ -6,6 +6,8 @@
                        [--out preds.json] [--motion-type Jab]
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH [--data clips.pkl] --motion-control
                        # real motion vs each clip's motion swapped within technique / person+technique
+    python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH --export DIR
+                       # weights (safetensors), model config, tokenizer, decoding settings, model card
     python evaluate.py --summary RUN_DIR [RUN_DIR ...] [--baselines]   # mean ± std over seeds, one table
     any of them: [--no-meteor] [--spice] [--bertscore]; with --exp: [--plot-attention DIR [--epoch N]]
 
@@ -52,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     inf.add_argument("--motion-control", action="store_true",
                      help="also caption the clips with each clip's motion swapped for another clip's (seeded, "
                           "within technique / within person+technique; labels stay) and print the three scores")
+    inf.add_argument("--export", metavar="DIR",
+                     help="write the checkpoint's model into DIR (new or empty) to share: model.safetensors, "
+                          "model_config.json, tokenizer/, generation_config.json, README.md; nothing is generated")
     inf.add_argument("--batch-size", type=int, help="clips per generation batch (default: DATA.EVAL_BATCH_SIZE)")
     inf.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                      help="override config keys, e.g. --set GENERATION.NUM_BEAMS=3")
@@ -73,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_args(a: argparse.Namespace) -> None:
     if a.summary:
-        if a.exp or a.pred or a.checkpoint or a.plot_attention or a.motion_control:
+        if a.exp or a.pred or a.checkpoint or a.plot_attention or a.motion_control or a.export:
             raise UserError("--summary takes run folders alone (with --baselines and the metric switches)")
         return
     if bool(a.exp) == bool(a.pred):
@@ -103,11 +108,26 @@ def check_args(a: argparse.Namespace) -> None:
     elif a.epoch is not None:
         raise UserError("--epoch picks the saved predictions of an epoch; with --checkpoint the attention of "
                         "the new predictions is drawn")
+    if a.export is not None:
+        check_export_args(a)
     if a.batch_size is not None and a.batch_size < 1:
         raise UserError(f"--batch-size {a.batch_size}: expected >= 1")
     if a.max_plots < 0:
         raise UserError(f"--max-plots {a.max_plots}: expected >= 0")
     check_output_paths(a)
+
+
+def check_export_args(a: argparse.Namespace) -> None:
+    from engine.export import check_export_dir
+
+    if not (a.exp and a.checkpoint):
+        raise UserError("--export needs --exp results/<exp> --checkpoint latest|best|PATH")
+    for opt in ("data", "out", "json", "motion_type", "plot_attention", "batch_size"):
+        if getattr(a, opt) is not None:
+            raise UserError(f"--export writes the model only; --{opt.replace('_', '-')} goes with captioning")
+    if a.motion_control:
+        raise UserError("--export writes the model only; --motion-control goes with captioning")
+    check_export_dir(Path(a.export))
 
 
 def check_output_paths(a: argparse.Namespace) -> None:
@@ -319,6 +339,15 @@ def run_checkpoint(a, cfg) -> int:
     return 0
 
 
+def export_model(a, cfg) -> int:
+    from engine.export import export_checkpoint
+    from engine.weights import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg, a.checkpoint)
+    print(f"exported {path} to {export_checkpoint(cfg, path, Path(a.export))}")
+    return 0
+
+
 def motion_control(a, cfg, model, clips, segment, scorer, device, path: Path, data: Path) -> int:
     from engine.prediction import captions_of
     from metrics.motion_control import CONDITIONS, motion_control_json, motion_control_rows, run_motion_control
@@ -357,6 +386,8 @@ def main(argv=None) -> int:
     from engine.config_loader import load_config  # heavy imports after parsing: --help answers at once
 
     cfg = load_config(config_path(args.exp), args.set)
+    if args.export is not None:
+        return export_model(args, cfg)
     return run_checkpoint(args, cfg) if args.checkpoint else score_experiment(args, cfg)
 
 
