@@ -1,10 +1,14 @@
-"""Console + file logging (main rank writes the file) and the tensorboard writer."""
+"""Console + file logging (main rank writes the file), progress of long loops and the tensorboard writer."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Optional
+
+from tqdm import tqdm
 
 log = logging.getLogger("motion2text")
 
@@ -57,6 +61,40 @@ def attach_log_file(log_file: Path, rank: int) -> None:
     log.addHandler(handler)
 
 
+class Progress:
+    """Progress of a loop over `total` batches: a tqdm bar on a terminal; elsewhere (a SLURM log, a pipe), where
+    each redraw of a bar would add a carriage-return line to the file, one log line per tenth of the loop instead.
+    `show` False (other ranks) shows nothing."""
+
+    def __init__(self, total: int, desc: str, show: bool = True, initial: int = 0, lines: int = 10):
+        on_terminal = sys.stderr.isatty()
+        self.total, self.desc, self.done = total, desc, initial
+        self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False) \
+            if show and on_terminal else None
+        self.every = max(1, math.ceil(total / lines)) if show and not on_terminal else 0
+        self.postfix: dict[str, str] = {}
+        self.started, self.start_done = time.perf_counter(), initial
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.every and self.done % self.every == 0 and self.done < self.total:  # the loop's end has its own line
+            rate = (self.done - self.start_done) / max(time.perf_counter() - self.started, 1e-9)
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            log.info("%s: %d/%d batches%s (%.2f batches/s)", self.desc, self.done, self.total, extra, rate)
+
+    def set_postfix(self, **values: str) -> None:
+        """Shown beside the bar, or in the next log line."""
+        self.postfix = values
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class TensorBoard:
     """A SummaryWriter on the main rank, a no-op elsewhere (callers never branch on rank)."""
 
@@ -74,6 +112,11 @@ class TensorBoard:
     def text(self, tag: str, value: str, step: int) -> None:
         if self.writer:
             self.writer.add_text(tag, value, step)
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        """One row of tensorboard's HPARAMS tab (in the run's `hparams/` subfolder)."""
+        if self.writer:
+            self.writer.add_hparams(hparams, metrics, run_name="hparams")
 
     def close(self) -> None:
         if self.writer:

@@ -23,6 +23,7 @@ from dataloaders.validation import segment_keys, validate_clips
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import DistInfo, all_gather_objects
+from engine.logs import Progress
 from engine.precision import autocast_dtype
 from engine.weights import build_model
 from models.config import Generation
@@ -48,6 +49,7 @@ def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_siz
     was_training = model.training
     model.eval()
     local: dict[str, dict] = {}
+    progress = Progress(len(loader), "captioning", show=dist.is_main)  # rank 0's shard stands for all
     for batch in loader:
         batch = move_batch(batch, dist.device)
         with torch.autocast(dist.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -57,6 +59,8 @@ def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_siz
             local[name] = {"caption": captions[i],
                            "att_node": att_node[i, 0, :length].float().cpu().numpy().round(5).tolist(),
                            "att_A": att_A[i].float().cpu().numpy().round(5).tolist()}
+        progress.update()
+    progress.close()
     model.train(was_training)
     merged: dict[str, dict] = {}
     for part in all_gather_objects(local):

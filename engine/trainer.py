@@ -16,17 +16,16 @@ from typing import Optional
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from common.files import atomic_write_json
-from dataloaders.datasets import collate
-from dataloaders.samplers import BucketedDistributedSampler
+from dataloaders.datasets import TrainDataset, collate
+from dataloaders.samplers import BucketedDistributedSampler, ShardedEvalSampler
 from engine import checkpoint as ckpt
-from engine.callbacks import Callback, EarlyStopping, FaultInjection, TensorBoardLogging
+from engine.callbacks import Callback, EarlyStopping, FaultInjection, TensorBoardLogging, ValidationLossHistory
 from engine.distributed import (DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier,
                                 broadcast_module_state, broadcast_object, run_on_main)
 from engine.experiment import Experiment
-from engine.logs import TensorBoard
+from engine.logs import Progress, TensorBoard
 from engine.optim import OptimizerStep, build_optimizer, build_scheduler
 from engine.precision import autocast_dtype
 from engine.prediction import motion_token_stats, move_batch, predict, references_of, write_predictions
@@ -49,6 +48,13 @@ def should_checkpoint(epoch: int, max_epoch: int) -> bool:
     return epoch < 10 or epoch % 5 == 0 or epoch == max_epoch
 
 
+def train_sampler(exp: Experiment, dist: DistInfo) -> BucketedDistributedSampler:
+    """This rank's training batches (also what `--dry-run` counts the optimizer steps of)."""
+    cfg = exp.cfg
+    return BucketedDistributedSampler(exp.train_set.lengths, cfg.DATA.BATCH_SIZE, dist.world_size, dist.rank,
+                                      seed=cfg.SEED, shuffle=True, bucket_by_length=cfg.DATA.BUCKET_BY_LENGTH)
+
+
 class Trainer:
     def __init__(self, exp: Experiment, dist: DistInfo, callbacks: tuple[Callback, ...] = ()):
         """`callbacks` run after the built-in ones (fault injection, tensorboard logging, early stopping)."""
@@ -69,9 +75,7 @@ class Trainer:
         self.ddp = DDP(self.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
             if dist.world_size > 1 else None
 
-        self.sampler = BucketedDistributedSampler(
-            exp.train_set.lengths, cfg.DATA.BATCH_SIZE, dist.world_size, dist.rank, seed=cfg.SEED,
-            shuffle=True, bucket_by_length=cfg.DATA.BUCKET_BY_LENGTH)
+        self.sampler = train_sampler(exp, dist)
         self.loader = DataLoader(exp.train_set, batch_sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.DATA.NUM_WORKERS, generator=torch.Generator(),
                                  persistent_workers=cfg.DATA.NUM_WORKERS > 0)
@@ -94,7 +98,8 @@ class Trainer:
         self.tb = TensorBoard(cfg.logdir / "train_logs" if dist.is_main else None)
         self.early_stopping = EarlyStopping(BEST_BY, cfg.EVAL.EARLY_STOP_PATIENCE, cfg.OPTIMIZER.MAX_EPOCH)
         self.callbacks: list[Callback] = [FaultInjection(), TensorBoardLogging(self.tb, cfg.TRAIN.LOG_EVERY),
-                                          self.early_stopping, *callbacks]
+                                          ValidationLossHistory(), self.early_stopping, *callbacks]
+        self._val_pairs: Optional[TrainDataset] = None  # (test clip, label) pairs, built at the first evaluation
         if exp.resume_state is not None:
             self._restore(exp.resume_state)
         else:
@@ -224,9 +229,47 @@ class Trainer:
         metrics = run_on_main(score_on_main, self.dist)
         return broadcast_object(metrics) if self.dist.world_size > 1 else metrics
 
+    @torch.no_grad()
+    def validation_loss(self) -> Optional[float]:
+        """Teacher-forced cross-entropy per label token over every (test clip, label) pair, in eval mode and
+        batched like `predict`, each rank its shard (collective); None when no test clip has labels. Cheap next to
+        generation: one forward per batch, no decoding."""
+        if self._val_pairs is None:
+            test = self.exp.test_set
+            self._val_pairs = TrainDataset(test.clips, segment=test.segment, retrieved=test.retrieved)
+        pairs, model, device = self._val_pairs, self.exp.model, self.dist.device
+        if not len(pairs):
+            return None
+        self._sync_model()
+        sampler = ShardedEvalSampler(len(pairs), self.dist.world_size, self.dist.rank, lengths=pairs.lengths)
+        # Its own generator: evaluating never advances the global RNG, so resumed runs match uninterrupted ones.
+        loader = DataLoader(pairs, batch_size=self.cfg.DATA.EVAL_BATCH_SIZE, sampler=sampler, collate_fn=collate,
+                            generator=torch.Generator())
+        # Cropped like the training labels: the decoder's memory grows with the square of the label length.
+        max_label = len(model.codec.prompt_ids) + self.cfg.DATA.MAX_LABEL_TOKENS + 1
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of token losses, tokens]
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in loader:
+                labels = model.codec.encode_targets(batch["texts"])[:, :max_label].to(device)
+                with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    mean = model(move_batch(batch, device), labels)  # mean over this batch's label tokens
+                tokens = (labels != -100).sum()
+                loss_sum += torch.stack([mean.double() * tokens, tokens.double()])
+        finally:
+            model.train(was_training)
+        total = all_reduce_sum(loss_sum)
+        return float(total[0] / total[1])
+
     def evaluate(self, epoch: int, scorer) -> Optional[dict]:
-        """Predict, save when this epoch is due a checkpoint, then score; callbacks see the metrics."""
+        """Predict and compute the validation loss, save when this epoch is due a checkpoint, then score;
+        callbacks see the validation loss before the save (their state is saved with it) and the metrics after."""
         preds = self.predict(epoch)
+        val_loss = self.validation_loss()
+        if val_loss is not None:
+            for cb in self.callbacks:
+                cb.after_validation(self, epoch, val_loss)
         saved = False
         if self._save_requested:
             self.save()
@@ -296,8 +339,7 @@ class Trainer:
         if self.batches_done and dist.is_main:  # the part-trained epoch's loss, summed over every rank once
             loss_sum += torch.tensor(self._partial_loss, dtype=torch.float64)
         step_losses: list[torch.Tensor] = []
-        bar = tqdm(total=num_batches, initial=self.batches_done, desc=f"epoch {epoch}", disable=not dist.is_main,
-                   dynamic_ncols=True, leave=False)
+        bar = Progress(num_batches, f"epoch {epoch}", show=dist.is_main, initial=self.batches_done)
         try:  # a stop or an abort inside the loop must not leave the bar half-drawn over its message
             for i, batch in enumerate(self.loader, start=self.batches_done):
                 for cb in self.callbacks:
@@ -383,6 +425,8 @@ class Trainer:
                 # A signal during the epoch's last batch or its evaluation: stop at this epoch boundary.
                 if self.epoch < cfg.OPTIMIZER.MAX_EPOCH and any_rank(self._stop_signal is not None, self.dist.device):
                     self._stop(f"signal {self._stop_signal or 'on another rank'}", save=not saved)
+            for cb in self.callbacks:
+                cb.after_training(self)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
