@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
+
+import yaml
 
 from common.errors import UserError, exits_on_user_error, sample_names
 from engine.run_lock import LOCK_NAME, lock_experiment_folder
@@ -23,7 +26,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cfg_file", required=True, help="results/<exp>/config.yaml")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set OPTIMIZER.LR=3e-4 DATA.BATCH_SIZE=8")
-    p.add_argument("--dry-run", action="store_true", help="build config, data and model, print a JSON summary, exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build config, data and model; tell the optimizer steps, the warmup share, which weights "
+                        "load, the device and the precision, then a JSON summary line; train nothing")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (YAML: every key, defaults and --set applied) and exit")
     return p.parse_args(argv)
 
 
@@ -60,6 +67,69 @@ def check_logdir(logdir: Path) -> None:
                         f"none of {', '.join(sorted(EXPERIMENT_ENTRIES))}; give a new or empty folder")
 
 
+# Warmup from this share of the run on: the learning rate ramps up for most of it and barely decays.
+WARMUP_WARNING_FRACTION = 0.5
+
+
+def dry_run_summary(exp, dist) -> dict:
+    """What training would do, logged for a reader; returned for the JSON summary line."""
+    import torch
+
+    from engine.experiment import parameter_counts
+    from engine.precision import autocast_dtype
+    from engine.trainer import train_sampler
+
+    cfg = exp.cfg
+    opt = cfg.OPTIMIZER
+    per_epoch = math.ceil(len(train_sampler(exp, dist)) / opt.GRAD_ACCUM_STEPS)
+    steps = {"per_epoch": per_epoch, "epochs": opt.MAX_EPOCH, "total": per_epoch * opt.MAX_EPOCH,
+             "done": exp.resume_state["global_step"] if exp.resume_state is not None else 0}
+    warmup = {"steps": opt.WARMUP_STEPS, "fraction": round(opt.WARMUP_STEPS / steps["total"], 4)}
+    weights = planned_weights(exp)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(cfg, dist.device)]
+    log.info("dry run: %d optimizer steps/epoch x %d epochs = %d optimizer steps%s; batch %d per rank x %d rank(s), "
+             "%d micro-batch(es) per step", per_epoch, opt.MAX_EPOCH, steps["total"],
+             f" ({steps['done']} done before this resume)" if steps["done"] else "", cfg.DATA.BATCH_SIZE,
+             dist.world_size, opt.GRAD_ACCUM_STEPS)
+    log.info("warmup: %d steps, %.0f%% of the run", warmup["steps"], 100 * warmup["fraction"])
+    if warmup["fraction"] >= WARMUP_WARNING_FRACTION:
+        log.warning("OPTIMIZER.WARMUP_STEPS=%d is %.0f%% of the run's %d optimizer steps: the learning rate ramps up "
+                    "for most of the run%s; lower WARMUP_STEPS or train more epochs", opt.WARMUP_STEPS,
+                    100 * warmup["fraction"], steps["total"],
+                    " and never reaches OPTIMIZER.LR" if warmup["fraction"] >= 1 else " and barely decays")
+    log.info("weights: %s", weights["summary"])
+    log.info("device %s, precision %s, %d process(es)", dist.device, precision, dist.world_size)
+    return {"params": parameter_counts(exp.model),
+            "data": {"train_samples": len(exp.train_set), "test_clips": len(exp.test_set)},
+            "logdir": str(cfg.logdir), "world_size": dist.world_size, "optimizer_steps": steps, "warmup": warmup,
+            "weights": weights, "device": str(dist.device), "precision": precision}
+
+
+def planned_weights(exp) -> dict:
+    """Where training's weights come from: {"load": "resume" | "finetune-init" | "fresh", "path": the checkpoint,
+    "searched": what WEIGHT_PATH or pretrain_checkpoints/ resolved to, "summary": one line}."""
+    from engine.checkpoint import checkpoint_name
+
+    cfg = exp.cfg
+    if exp.resume_state is not None:
+        state = exp.resume_state
+        path = cfg.checkpoint_dir / checkpoint_name(state["epoch"], state["batches_done"])
+        return {"load": "resume", "path": str(path),
+                "summary": f"resume from {path} (epoch {state['epoch']}, step {state['global_step']})"}
+    pretrain_folder = cfg.logdir / "pretrain_checkpoints"
+    if exp.init_source is not None:
+        searched = cfg.path(cfg.WEIGHT_PATH) if cfg.WEIGHT_PATH else pretrain_folder
+        where = f"WEIGHT_PATH {cfg.WEIGHT_PATH} resolved to" if cfg.WEIGHT_PATH else "newest valid checkpoint in"
+        return {"load": "finetune-init", "path": str(exp.init_source), "searched": str(searched),
+                "summary": f"finetune-init from {exp.init_source} ({where} {searched}; the projection starts fresh)"}
+    t5 = f"; T5 from {cfg.T5.NAME}" if cfg.T5.NAME else ""
+    if not cfg.TASK.PRETRAIN:  # WEIGHT_PATH is unset here: a set one that finds nothing is an error
+        return {"load": "fresh", "path": None, "searched": str(pretrain_folder),
+                "summary": f"fresh: no valid checkpoint in {pretrain_folder} and WEIGHT_PATH is not set (pretrain "
+                           f"into this folder first, or set WEIGHT_PATH){t5}"}
+    return {"load": "fresh", "path": None, "summary": f"fresh (random initialisation{t5})"}
+
+
 @exits_on_user_error
 def main(argv=None, callbacks: tuple = ()) -> int:
     """`callbacks`: extra engine.callbacks.Callback objects for the trainer (the benchmarks record timings)."""
@@ -69,10 +139,13 @@ def main(argv=None, callbacks: tuple = ()) -> int:
     from engine.config_loader import load_config
 
     cfg = load_config(args.cfg_file, args.set)
+    if args.print_config:  # what config_resolved.yaml would hold; loads back with load_config
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
 
     from engine.config_loader import save_config
     from engine.distributed import init_distributed, shutdown
-    from engine.experiment import build_experiment, parameter_counts
+    from engine.experiment import build_experiment
     from engine.logs import attach_log_file, setup_logging
     from engine.trainer import StopRequested, Trainer, TrainingAborted
     from metrics.caption import CaptionScorer
@@ -90,11 +163,8 @@ def main(argv=None, callbacks: tuple = ()) -> int:
         setup_logging(None, dist.rank, defer_file=dist.is_main and not args.dry_run)
         exp = build_experiment(cfg, dist)
         if args.dry_run:
-            summary = {"params": parameter_counts(exp.model),
-                       "data": {"train_samples": len(exp.train_set), "test_clips": len(exp.test_set)},
-                       "logdir": str(logdir), "world_size": dist.world_size}
             if dist.is_main:  # one summary, whatever the number of processes
-                print(json.dumps(summary), flush=True)
+                print(json.dumps(dry_run_summary(exp, dist)), flush=True)
             return 0
         # Fails here without Java, not after an epoch. EVAL.SCORE false: predictions only, scored later.
         scorer = CaptionScorer(meteor=cfg.EVAL.METEOR) if cfg.EVAL.SCORE else None
