@@ -8,6 +8,7 @@
                        # real motion vs each clip's motion swapped within technique / person+technique
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH --export DIR
                        # weights (safetensors), model config, tokenizer, decoding settings, model card
+    python evaluate.py --exp results/<exp> --plot-curves curves.png   # losses, CIDEr and BLEU-4 per epoch
     python evaluate.py --summary RUN_DIR [RUN_DIR ...] [--baselines]   # mean ± std over seeds, one table
     any of them: [--no-meteor] [--spice] [--bertscore]; with --exp: [--plot-attention DIR [--epoch N]]
 
@@ -73,10 +74,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     plot.add_argument("--epoch", type=int, help="epoch whose attention to draw (default: best CIDEr, else the "
                                                 "latest with attention files); not with --checkpoint")
     plot.add_argument("--max-plots", type=int, default=0, help="draw at most this many clips (0: all)")
+    p.add_argument("--plot-curves", metavar="FILE.png",
+                   help="with --exp alone: draw the training and validation loss and CIDEr/BLEU-4 per epoch from "
+                        "the files training wrote into one new PNG; nothing is scored")
     return p.parse_args(argv)
 
 
 def check_args(a: argparse.Namespace) -> None:
+    if a.plot_curves is not None:
+        check_plot_curves_args(a)
     if a.summary:
         if a.exp or a.pred or a.checkpoint or a.plot_attention or a.motion_control or a.export:
             raise UserError("--summary takes run folders alone (with --baselines and the metric switches)")
@@ -128,6 +134,19 @@ def check_export_args(a: argparse.Namespace) -> None:
     if a.motion_control:
         raise UserError("--export writes the model only; --motion-control goes with captioning")
     check_export_dir(Path(a.export))
+
+
+def check_plot_curves_args(a: argparse.Namespace) -> None:
+    if not a.exp:
+        raise UserError("--plot-curves needs --exp results/<exp> (the experiment whose curves to draw)")
+    for opt in ("pred", "summary", "checkpoint", "json", "plot_attention", "baselines"):
+        if getattr(a, opt):
+            raise UserError(f"--plot-curves draws the files of --exp alone; not with --{opt.replace('_', '-')}")
+    out = Path(a.plot_curves)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--plot-curves {out}: expected a file name ending in .png")
+    if out.exists() or out.is_symlink():
+        raise UserError(f"--plot-curves {out}: exists; give a new file name (an existing file is never replaced)")
 
 
 def check_output_paths(a: argparse.Namespace) -> None:
@@ -284,6 +303,17 @@ def plot_epoch(a, cfg, best) -> None:
     print(f"wrote {len(written)} attention picture(s) of epoch {epoch} to {a.plot_attention}")
 
 
+def plot_training_curves(a, cfg) -> int:
+    from metrics.curves import plot_curves, read_curves
+
+    curves = read_curves(cfg.logdir)
+    if curves.empty():
+        raise UserError(f"{cfg.logdir}: nothing to plot: no jsons/loss_history.json, jsons/val_loss.json, metrics.json "
+                        "or jsons/metrics_epoch*.json (training writes them)")
+    print(f"wrote {plot_curves(curves, Path(a.plot_curves), title=str(cfg.logdir))}: {curves.describe()}")
+    return 0
+
+
 def summarize_runs(a) -> int:
     from metrics.caption import METRIC_KEYS
     from metrics.summary import collect_runs, markdown_table
@@ -386,6 +416,8 @@ def main(argv=None) -> int:
     from engine.config_loader import load_config  # heavy imports after parsing: --help answers at once
 
     cfg = load_config(config_path(args.exp), args.set)
+    if args.plot_curves is not None:
+        return plot_training_curves(args, cfg)
     if args.export is not None:
         return export_model(args, cfg)
     return run_checkpoint(args, cfg) if args.checkpoint else score_experiment(args, cfg)
