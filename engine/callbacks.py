@@ -56,7 +56,8 @@ class Callback:
 
 class TensorBoardLogging(Callback):
     """Every `every` optimizer steps: train/loss (mean over the window), train/lr, train/grad_norm,
-    train/samples_per_s (all ranks) and on CUDA train/peak_mem_gib (rank 0's peak in the window). Per epoch:
+    train/samples_per_s (all ranks) and on CUDA train/peak_mem_gib (rank 0's peak in the window: CUDA's peak
+    counter is reset after each report). Per epoch:
     train/epoch_loss and val/loss. At the end of the run one HPARAMS row with the last and best scores."""
 
     def __init__(self, tb: TensorBoard, every: int):

@@ -57,7 +57,8 @@ def train_sampler(exp: Experiment, dist: DistInfo) -> BucketedDistributedSampler
 
 class Trainer:
     def __init__(self, exp: Experiment, dist: DistInfo, callbacks: tuple[Callback, ...] = ()):
-        """`callbacks` run after the built-in ones (fault injection, tensorboard logging, early stopping)."""
+        """`callbacks` run after the built-in ones (fault injection, tensorboard logging, validation-loss history,
+        early stopping)."""
         self.exp, self.cfg, self.dist = exp, exp.cfg, dist
         cfg = self.cfg
         self.model = exp.model.to(dist.device)
