@@ -20,6 +20,7 @@ from tests.cli_helpers import (REPO, build_in_process, checkpoint_files, cli_env
                                run_train, tiny_data, write_experiment)
 
 EVALUATE = REPO / "evaluate.py"
+pytestmark = pytest.mark.slow  # a training run, then evaluate.py subprocesses
 T5_SIZES = dict(d_model=32, num_layers=1, num_heads=4, d_kv=8, d_ff=64, dropout=0.1)
 
 
