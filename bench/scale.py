@@ -535,7 +535,7 @@ def memory(args, tmp: Path) -> dict:
     nproc, workers = 2, 2
     cfg = write_config(tmp / "mem_exp", corpus, model, DATA={"BATCH_SIZE": 8, "NUM_WORKERS": workers},
                        OPTIMIZER={"MAX_EPOCH": 1, "WARMUP_STEPS": 10})
-    env = child_env(1)  # one thread per rank: 2 ranks on 2 cores
+    env = {**child_env(1), "M2T_PROGRESS": "bar"}  # one thread per rank: 2 ranks on 2 cores; the bar is read below
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), str(args.mem_script),
            "--cfg_file", str(cfg)]
     print(f"[scale]   launching {' '.join(cmd[:4])} ... (OMP_NUM_THREADS=1, NUM_WORKERS={workers})", flush=True)

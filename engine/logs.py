@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import math
 import sys
 import time
@@ -64,10 +65,12 @@ def attach_log_file(log_file: Path, rank: int) -> None:
 class Progress:
     """Progress of a loop over `total` batches: a tqdm bar on a terminal; elsewhere (a SLURM log, a pipe), where
     each redraw of a bar would add a carriage-return line to the file, one log line per tenth of the loop instead.
-    `show` False (other ranks) shows nothing."""
+    `show` False (other ranks) shows nothing. M2T_PROGRESS=bar or =lines chooses instead of the terminal check
+    (bench/scale.py reads the bar of a piped job)."""
 
     def __init__(self, total: int, desc: str, show: bool = True, initial: int = 0, lines: int = 10):
-        on_terminal = sys.stderr.isatty()
+        forced = os.environ.get("M2T_PROGRESS")
+        on_terminal = forced == "bar" if forced in ("bar", "lines") else sys.stderr.isatty()
         self.total, self.desc, self.done = total, desc, initial
         self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False) \
             if show and on_terminal else None
