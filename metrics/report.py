@@ -122,15 +122,25 @@ def epoch_result_files(jsons_dir: Path) -> dict[int, Path]:
 
 
 def score_epochs(scorer, files: Mapping[int, Path], references: dict[str, list[str]]) -> dict[int, dict]:
-    """{epoch: metrics} for every predictions file; a file whose ids differ from the references is an
-    error naming that file."""
+    """{epoch: metrics} for every predictions file. A damaged file (unreadable, not JSON) is skipped with a
+    warning naming it, so one bad epoch does not block the others (an error when no file is readable); a file
+    whose ids differ from the references is an error naming that file."""
     out = {}
+    damaged = []
     for epoch, path in files.items():
-        preds = load_predictions(path)
+        try:
+            preds = load_predictions(path)
+        except UserError as e:
+            log.warning("skipping epoch %d: %s", epoch, e)
+            damaged.append(str(e))
+            continue
         try:
             out[epoch] = scorer.score(preds, references)
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
+    if damaged and not out:
+        raise UserError(damaged[0] if len(damaged) == 1 else f"no readable predictions file: {damaged[0]} (and "
+                        f"{len(damaged) - 1} more)")
     return out
 
 

@@ -295,3 +295,26 @@ def test_summary_counts_a_run_folder_given_twice_once_with_a_warning(tmp_path, m
     assert len(warnings.messages) == 4 and all(str(run) in w for w in warnings.messages)
     assert warnings.messages[0].startswith("--summary: person_s1 is ")
     assert any(str(tmp_path / "link") in w for w in warnings.messages)
+
+
+def test_one_damaged_epoch_file_does_not_block_scoring_the_others(tmp_path):
+    from metrics.report import score_epochs
+
+    class Scorer:
+        keys = ("CIDEr",)
+
+        def score(self, preds, refs):
+            return {"CIDEr": float(len(preds))}
+
+    good, bad = tmp_path / "results_epoch1.json", tmp_path / "results_epoch2.json"
+    good.write_text(json.dumps({"a": "x"}))
+    bad.write_text('{"a": "trunc')  # a write cut short
+    watch = ListHandler()
+    logging.getLogger("motion2text").addHandler(watch)
+    try:
+        assert score_epochs(Scorer(), {1: good, 2: bad}, {"a": ["x"]}) == {1: {"CIDEr": 1.0}}
+    finally:
+        logging.getLogger("motion2text").removeHandler(watch)
+    assert any("results_epoch2.json" in m for m in watch.messages)
+    with pytest.raises(UserError, match="results_epoch2.json"):
+        score_epochs(Scorer(), {2: bad}, {"a": ["x"]})
