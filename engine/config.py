@@ -119,7 +119,7 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     METRIC_PERIOD: int = key(0, Range(0, 100000))  # evaluate every N epochs; 0 = on the checkpoint schedule
-    METEOR: bool = True  # METEOR needs Java and ~15 s to load its paraphrase table once per process
+    METEOR: bool = True  # METEOR needs Java and loads a large paraphrase table once per process
     SCORE: bool = True  # False: only write predictions (a node without Java); score later with evaluate.py --exp
     EARLY_STOP_PATIENCE: int = key(0, Range(0, 100000))  # stop after N evaluations without a better CIDEr; 0 = train every epoch
 

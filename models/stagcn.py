@@ -78,9 +78,9 @@ class STAGCN(nn.Module):
 
     # Inference on CPU runs a few clips at a time, each group cut to its longest clip. Exact: in eval mode
     # every clip is computed on its own (BatchNorm uses running statistics) and padded frames come out as
-    # zeros (tests/test_stagcn.py pins both), so the outputs are re-padded with zeros. A batch of 32 BX-like
-    # clips encodes in 3.6 s instead of 6.2–7.0 s on 2 cores: big batches' intermediates (hundreds of MB)
-    # run from memory, not cache, and every clip paid for the batch's longest one.
+    # zeros (tests/test_stagcn.py pins both), so the outputs are re-padded with zeros. Faster on CPU (README,
+    # "Choices and differences"): big batches' intermediates (hundreds of MB) run from memory, not cache, and every
+    # clip paid for the batch's longest one.
     EVAL_CHUNK = 4
 
     def forward(self, features: torch.Tensor,
