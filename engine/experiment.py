@@ -21,7 +21,7 @@ from common.errors import UserError, sample_names
 from engine import checkpoint as ckpt
 from engine.config import Config
 from engine.distributed import DistInfo, broadcast_object
-from engine.weights import (build_model, check_architecture, load_pretrained_weights, load_weights,
+from engine.weights import (build_model, changed_keys, check_architecture, load_pretrained_weights, load_weights,
                             read_weights_file, resolve_init_weights)
 from models.motion2text import MotionToText
 from models.tokenizer import load_pretrained_tokenizer, tokenizer_from_json, train_caption_tokenizer
@@ -67,13 +67,8 @@ FIXED_ON_RESUME = ("OPTIMIZER.LR", "OPTIMIZER.WEIGHT_DECAY", "OPTIMIZER.WARMUP_S
 
 def check_resume_settings(cfg: Config, state: dict, source: Path) -> None:
     """Refuse a resume whose config changed a setting the checkpoint fixes, naming every such key."""
-    saved, ours = state.get("config") or {}, cfg.to_dict()
-    changed = []
-    for key in FIXED_ON_RESUME:
-        section, name = key.split(".")
-        theirs, mine = (saved.get(section) or {}).get(name), ours[section][name]
-        if theirs is not None and theirs != mine:
-            changed.append(f"{key}={mine!r} (checkpoint: {theirs!r})")
+    changed = [f"{key}={mine!r} (checkpoint: {theirs!r})"
+               for key, theirs, mine in changed_keys(cfg, state, FIXED_ON_RESUME)]
     if changed:
         raise UserError(f"{source}: resuming with {'; '.join(changed)}: a resumed run keeps these settings of the "
                         "checkpoint; restore them, or train with the new values in a new experiment folder")

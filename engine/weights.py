@@ -126,15 +126,24 @@ def _lookup(tree: dict, dotted: str):
     return tree
 
 
-def check_architecture(cfg: Config, state: dict, source: Path, fix: str, keys=SIZE_KEYS) -> None:
-    """Name the first config key (or T5 size) whose value differs from the one the weights were trained with."""
+def changed_keys(cfg: Config, state: dict, keys) -> list[tuple[str, object, object]]:
+    """(key, checkpoint's value, this config's value) for each dotted key whose value differs from the one in
+    the checkpoint's stored job config; a key the checkpoint does not store counts as unchanged."""
     saved = state.get("config")
-    if isinstance(saved, dict):  # without a stored config the strict state-dict load still checks every shape
-        ours = cfg.to_dict()
-        for key in keys:
-            theirs, mine = _lookup(saved, key), _lookup(ours, key)
-            if theirs is not _ABSENT and theirs != mine:
-                raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; {fix}")
+    if not isinstance(saved, dict):
+        return []
+    ours = cfg.to_dict()
+    pairs = ((key, _lookup(saved, key), _lookup(ours, key)) for key in keys)
+    return [(key, theirs, mine) for key, theirs, mine in pairs if theirs is not _ABSENT and theirs != mine]
+
+
+def check_architecture(cfg: Config, state: dict, source: Path, fix: str, keys=SIZE_KEYS) -> None:
+    """Name the first config key (or T5 size) whose value differs from the one the weights were trained with.
+    Without a stored config the strict state-dict load still checks every shape."""
+    changed = changed_keys(cfg, state, keys)
+    if changed:
+        key, theirs, mine = changed[0]
+        raise UserError(f"{source}: trained with {key}={theirs!r}, this config has {key}={mine!r}; {fix}")
     check_t5_architecture(cfg, state, source, fix)
 
 
