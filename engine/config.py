@@ -145,6 +145,9 @@ class T5Config:
     # Training only: each teacher-forced decoder input token after the prompt becomes <unk> with this
     # probability, so the decoder cannot write from its own context alone and must read the motion.
     WORD_DROPOUT: float = key(0.0, Range(0.0, 1.0, high_open=True))
+    # Training only: each caption must be at least this many nats per token more likely under its own clip's
+    # motion than under another clip's of the batch (a hinge loss added to the cross-entropy); 0 = off.
+    MOTION_MARGIN: float = key(0.0, Range(0.0, 100.0))
 
 
 @dataclass
@@ -213,6 +216,7 @@ class Config:
             projection_dropout=self.TRANSFORMATION.PROJECTION_DROPOUT, token_norm=self.TRANSFORMATION.TOKEN_NORM,
             fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
             retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
+            motion_margin=self.T5.MOTION_MARGIN,
             subtraction_dim=subtraction_dim if self.BRANCH == 2 else 0, prompt=self.prompt, t5=dict(t5),
             generation=self.generation)
 

@@ -30,6 +30,7 @@ from engine.optim import OptimizerStep, build_optimizer, build_scheduler
 from engine.precision import autocast_dtype
 from engine.prediction import motion_token_stats, move_batch, predict, references_of, write_predictions
 from metrics.report import BEST_BY
+from models.motion2text import other_clip_index
 from models.tokenizer import tokenizer_to_json
 
 log = logging.getLogger("motion2text")
@@ -101,6 +102,7 @@ class Trainer:
         self.callbacks: list[Callback] = [FaultInjection(), TensorBoardLogging(self.tb, cfg.TRAIN.LOG_EVERY),
                                           ValidationLossHistory(), self.early_stopping, *callbacks]
         self._val_pairs: Optional[TrainDataset] = None  # (test clip, label) pairs, built at the first evaluation
+        self.motion_gap: Optional[float] = None  # set by validation_loss
         if exp.resume_state is not None:
             self._restore(exp.resume_state)
         else:
@@ -234,7 +236,11 @@ class Trainer:
     def validation_loss(self) -> Optional[float]:
         """Teacher-forced cross-entropy per label token over every (test clip, label) pair, in eval mode and
         batched like `predict`, each rank its shard (collective); None when no test clip has labels. Cheap next to
-        generation: one forward per batch, no decoding."""
+        generation: one forward per batch, no decoding.
+
+        Also sets `motion_gap`: how much worse (nats per caption token) each caption is predicted from another
+        clip's motion than from its own, averaged over the pairs (see MotionToText.paired_caption_nll). Near 0
+        means the decoder does not read the motion."""
         if self._val_pairs is None:
             test = self.exp.test_set
             self._val_pairs = TrainDataset(test.clips, segment=test.segment, retrieved=test.retrieved)
@@ -248,19 +254,24 @@ class Trainer:
                             generator=torch.Generator())
         # Cropped like the training labels: the decoder's memory grows with the square of the label length.
         max_label = len(model.codec.prompt_ids) + self.cfg.DATA.MAX_LABEL_TOKENS + 1
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of token losses, tokens]
+        # [sum of token losses, tokens, sum of motion gaps, pairs with another clip]
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
         was_training = model.training
         model.eval()
         try:
             for batch in loader:
                 labels = model.codec.encode_targets(batch["texts"])[:, :max_label].to(device)
+                other, distinct = other_clip_index(batch["video_names"], device)
                 with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    mean = model(move_batch(batch, device), labels)  # mean over this batch's label tokens
-                tokens = (labels != -100).sum()
-                loss_sum += torch.stack([mean.double() * tokens, tokens.double()])
+                    tokens, token_mask, _, _ = model.encode(move_batch(batch, device))
+                    mean, own, swapped = model.paired_caption_nll(tokens, token_mask, labels, other)
+                n_tokens = (labels != -100).sum()
+                sums += torch.stack([mean.double() * n_tokens, n_tokens.double(),
+                                     ((swapped - own).double() * distinct).sum(), distinct.sum().double()])
         finally:
             model.train(was_training)
-        total = all_reduce_sum(loss_sum)
+        total = all_reduce_sum(sums)
+        self.motion_gap = float(total[2] / total[3]) if total[3] > 0 else None
         return float(total[0] / total[1])
 
     def evaluate(self, epoch: int, scorer) -> Optional[dict]:
@@ -268,6 +279,10 @@ class Trainer:
         callbacks see the validation loss before the save (their state is saved with it) and the metrics after."""
         preds = self.predict(epoch)
         val_loss = self.validation_loss()
+        if self.motion_gap is not None:
+            self.tb.scalar("motion/loss_gap", self.motion_gap, epoch)
+            log.info("epoch %d: validation loss %.4f under its own motion, +%.4f nats/token under another clip's",
+                     epoch, val_loss, self.motion_gap)
         if val_loss is not None:
             for cb in self.callbacks:
                 cb.after_validation(self, epoch, val_loss)

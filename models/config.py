@@ -35,6 +35,7 @@ class MotionToTextConfig:
     use_data_segment: bool = False  # branch 1: the data's aligned segment instead of the window search
     retrieval: bool = False  # retrieved training labels go to T5 as text after the motion tokens
     word_dropout: float = 0.0  # training only: decoder input tokens replaced by <unk>
+    motion_margin: float = 0.0  # training only: hinge on nll(caption | other motion) − nll(caption | own motion)
     subtraction_dim: int = 0  # branch 2: width of the per-frame external features
     prompt: str = PRETRAIN_PROMPT  # the decoder prefix of every caption
     t5: dict[str, Any] = field(default_factory=dict)  # a transformers T5Config as a dict

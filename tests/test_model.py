@@ -5,6 +5,7 @@ import torch
 from alignment.reference import fuse_with_standard
 from alignment.window_search import best_window_start, gather_window
 from models.projection import Projection, reduce_tokens
+from models.motion2text import other_clip_index
 from tests.helpers import make_batch, random_clip, take, tiny_config, tiny_model
 
 POLICIES = ["TIME_POOL", "SKELETON_POOL", "ORIGIN"]
@@ -328,3 +329,53 @@ def test_motion_token_stats_counts_projection_units_that_never_fire():
     after = motion_token_stats(model, dataset, torch.device("cpu"), batch_size=2)
     assert after["dead_units"] > before["dead_units"] and after["dead_units"] >= 0.25
     assert model.training  # the mode is restored
+
+
+def _caption_nll(model, tokens, mask, labels) -> torch.Tensor:
+    """Mean NLL per caption token (prompt excluded) of each row, written out independently of the model."""
+    logits = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).logits
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    caption = labels != -100
+    caption[:, : len(model.codec.prompt_ids)] = False
+    return (nll * caption).sum(1) / caption.sum(1)
+
+
+def test_other_clip_index_pairs_each_sample_with_the_next_other_clip():
+    other, distinct = other_clip_index(["a", "a", "b", "c", "c"])
+    assert other.tolist() == [2, 2, 3, 0, 0] and distinct.all()
+    other, distinct = other_clip_index(["a", "a"])
+    assert other.tolist() == [0, 1] and not distinct.any()
+
+
+def test_motion_margin_loss_is_cross_entropy_plus_hinge_on_the_other_clips_motion():
+    off = {"DROPOUT": 0.0, "TRANSFORMATION": {"PROJECTION_DROPOUT": 0.0}}
+    cfg = tiny_config(T5={"DROPOUT": 0.0, "MOTION_MARGIN": 5.0}, **off)  # 5 nats: every pair is under the margin
+    model = tiny_model(cfg).train()
+    batch = make_batch([random_clip(8, seed=1), random_clip(6, seed=2), random_clip(7, seed=3)])
+    labels = model.codec.encode_targets(["a person walks forward", "jumps", "keep your hand at chin"])
+    with torch.no_grad():
+        loss = model(batch, labels)
+        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
+        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
+        own = _caption_nll(model, tokens, mask, labels)
+        other = [1, 2, 0]  # each sample is paired with the next clip's motion
+        swapped = _caption_nll(model, tokens[other], mask[other], labels)
+    hinge = (5.0 - (swapped - own)).clamp(min=0).mean()
+    assert hinge > 0
+    torch.testing.assert_close(loss, plain + hinge)
+
+    batch["video_names"] = ["clip0", "clip0", "clip2"]  # two labels of one clip: both take clip2's motion
+    with torch.no_grad():
+        loss = model(batch, labels)
+        swapped = _caption_nll(model, tokens[[2, 2, 0]], mask[[2, 2, 0]], labels)
+    torch.testing.assert_close(loss, plain + (5.0 - (swapped - own)).clamp(min=0).mean())
+
+    batch["video_names"] = ["clip0"] * 3  # one clip only: no other motion, no margin term
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch, labels), plain)
+
+    model.eval()  # evaluation never adds it
+    with torch.no_grad():
+        tokens, mask, _, _ = model.encode(batch)
+        assert torch.equal(model(batch, labels), model.t5(inputs_embeds=tokens, attention_mask=mask.long(),
+                                                            labels=labels).loss)

@@ -118,6 +118,20 @@ def test_validation_loss_is_the_token_mean_over_every_label_of_the_labelled_clip
     assert tokens > 0 and val_loss == pytest.approx(loss_sum / tokens, rel=1e-5)
 
 
+def test_motion_gap_is_zero_exactly_when_the_decoder_cannot_see_the_motion(data, tmp_path, one_thread):
+    from engine.trainer import Trainer
+
+    exp = build_in_process(write_experiment(tmp_path / "exp", data, DATA={"EVAL_BATCH_SIZE": 4}))
+    trainer = Trainer(exp, one_cpu_process())
+    trainer.validation_loss()
+    assert trainer.motion_gap is not None and abs(trainer.motion_gap) > 1e-5  # an untrained model reads it a little
+    with torch.no_grad():
+        for block in exp.model.t5.decoder.block:  # cut every cross-attention: the captions no longer see it
+            block.layer[1].EncDecAttention.o.weight.zero_()
+    trainer.validation_loss()
+    assert trainer.motion_gap == pytest.approx(0.0, abs=1e-7)
+
+
 def test_validation_loss_is_none_when_no_test_clip_has_labels(data, tmp_path, one_thread):
     from engine.trainer import Trainer
 
