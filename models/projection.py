@@ -46,9 +46,17 @@ class TokenNorm(nn.Module):
         self.joint_embedding = nn.Parameter(torch.zeros(joints, channels))
 
     def _normalise(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.training and len(rows) < 2:  # one clip has no spread across clips: use the running statistics
-            return F.batch_norm(rows, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
-        return self.norm(rows)
+        """Always by the running statistics as they were before this batch; training then updates them from the
+        batch (momentum 0.1; one clip has no spread across clips and updates nothing). Why not the batch's own
+        statistics: over a batch of 4 clips they make a clip's tokens depend on the 3 it was drawn with, a
+        training-only noise measured as large as the difference between clips, which teaches the decoder to
+        ignore its input."""
+        mean, var = self.norm.running_mean.clone(), self.norm.running_var.clone()
+        out = F.batch_norm(rows, mean, var, eps=self.norm.eps)
+        if self.training and len(rows) > 1:
+            with torch.no_grad():
+                self.norm(rows.detach())  # updates running_mean / running_var
+        return out
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         B, N, C = tokens.shape

@@ -231,15 +231,31 @@ def test_pretraining_branch1_reference_is_the_static_first_frame_pose_encoded_wi
     assert model.encoder.training
 
 
-def test_token_norm_standardises_each_joint_across_clips_in_training():
+def test_token_norm_standardises_each_joint_across_clips_by_running_statistics():
     from models.projection import TokenNorm
 
     norm = TokenNorm(8, "TIME_POOL").train()
-    offset = torch.randn(1, 22, 8) * 10  # a large per-joint offset shared by every clip
-    tokens = offset + torch.randn(16, 22, 8) * 0.1
-    out = norm(tokens, torch.ones(16, 22, dtype=torch.bool))
-    torch.testing.assert_close(out.mean(0), torch.zeros(22, 8), atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.var(0, unbiased=False), torch.ones(22, 8), atol=1e-2, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    offset = torch.randn(1, 22, 8, generator=g) * 10  # a large per-joint offset shared by every clip
+    mask = torch.ones(4, 22, dtype=torch.bool)
+    for _ in range(150):  # training batches of 4 clips update the running statistics
+        norm(offset + torch.randn(4, 22, 8, generator=g) * 0.1, mask)
+    tokens = offset + torch.randn(256, 22, 8, generator=g) * 0.1
+    out = norm.eval()(tokens, torch.ones(256, 22, dtype=torch.bool))
+    # a moving average over batches of 4 clips: centred and unit-scale up to its own noise (offset: 100 × std)
+    assert out.mean(0).abs().mean() < 0.15 and out.mean(0).abs().max() < 0.6
+    assert (out.var(0).mean() - 1).abs() < 0.3
+
+    # In training a clip's tokens do not depend on the other clips of its batch: they are normalised by the
+    # running statistics as they were before the batch, which the batch then updates.
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    expected = norm.eval()(tokens[:1], mask[:1])[0]
+    norm.train()
+    with_a = norm(tokens[:4], mask)[0]
+    assert not torch.equal(norm.norm.running_mean, before["norm.running_mean"])  # the batch updated them
+    norm.load_state_dict(before)
+    with_b = norm(torch.cat([tokens[:1], tokens[4:7] + 5.0]), mask)[0]  # very different partners
+    assert torch.equal(with_a, expected) and torch.equal(with_b, expected)
 
 
 def test_data_segment_sets_the_standard_window_start():
