@@ -53,6 +53,10 @@ class TransformationConfig:
     # Standardise T5's input tokens (the projection's output) across clips per joint, + a learned joint
     # embedding: not in the original; keeps what differs between clips from drowning in each joint's offset.
     TOKEN_NORM: bool = False
+    # Which statistics TOKEN_NORM standardises by in training: BATCH, the batch's own (its clips' tokens then
+    # depend on the clips drawn with them); RUNNING, the running averages, as in evaluation. Evaluation always
+    # uses the running averages.
+    TOKEN_NORM_STATS: Literal["BATCH", "RUNNING"] = "BATCH"
 
 
 @dataclass
@@ -214,6 +218,7 @@ class Config:
             branch=self.BRANCH, pretrain=self.TASK.PRETRAIN,
             reduction_policy=self.TRANSFORMATION.REDUCTION_POLICY,
             projection_dropout=self.TRANSFORMATION.PROJECTION_DROPOUT, token_norm=self.TRANSFORMATION.TOKEN_NORM,
+            token_norm_stats=self.TRANSFORMATION.TOKEN_NORM_STATS,
             fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
             retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
             motion_margin=self.T5.MOTION_MARGIN,

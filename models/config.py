@@ -31,6 +31,7 @@ class MotionToTextConfig:
     reduction_policy: str = "TIME_POOL"  # TIME_POOL | SKELETON_POOL | ORIGIN: which T5 input tokens
     projection_dropout: float = 0.1
     token_norm: bool = False  # per-joint standardised T5 input tokens + joint embedding (not in the original)
+    token_norm_stats: str = "BATCH"  # TOKEN_NORM in training: BATCH statistics or RUNNING averages
     fusion: str = "DIFFERENCE"  # branch 1: DIFFERENCE (standard window − learner) | CONCAT (learner, difference)
     use_data_segment: bool = False  # branch 1: the data's aligned segment instead of the window search
     retrieval: bool = False  # retrieved training labels go to T5 as text after the motion tokens

@@ -78,7 +78,8 @@ class MotionToText(nn.Module):
         in_dim = fused_width(emb_dim, self.fusion) if self.branch == 1 else emb_dim
         in_dim += config.subtraction_dim if self.branch == 2 else 0
         self.projection = Projection(in_dim, t5.config.d_model, config.reduction_policy,
-                                     config.projection_dropout, token_norm=config.token_norm)
+                                     config.projection_dropout, token_norm=config.token_norm,
+                                     token_norm_stats=config.token_norm_stats)
         self.t5 = t5
         self.standard_names: list[str] = []
         self.register_buffer("standard_coords", torch.zeros(0, 2, 66), persistent=False)  # [S,Ts,66]

@@ -37,20 +37,25 @@ class TokenNorm(nn.Module):
     deviation to unit size; the joint embedding gives back which joint a token is.
     """
 
-    def __init__(self, channels: int, policy: str):
+    def __init__(self, channels: int, policy: str, stats: str = "BATCH"):
         super().__init__()
+        if stats not in ("BATCH", "RUNNING"):
+            raise ValueError(f"TokenNorm statistics {stats!r}: expected BATCH or RUNNING")
         self.policy = policy
+        self.stats = stats
         self.per_joint = policy != "SKELETON_POOL"
         joints = N_JOINTS if self.per_joint else 1
         self.norm = nn.BatchNorm1d(joints * channels, affine=False)
         self.joint_embedding = nn.Parameter(torch.zeros(joints, channels))
 
     def _normalise(self, rows: torch.Tensor) -> torch.Tensor:
-        """Always by the running statistics as they were before this batch; training then updates them from the
-        batch (momentum 0.1; one clip has no spread across clips and updates nothing). Why not the batch's own
-        statistics: over a batch of 4 clips they make a clip's tokens depend on the 3 it was drawn with, a
-        training-only noise measured as large as the difference between clips, which teaches the decoder to
-        ignore its input."""
+        """BATCH: in training by the batch's own statistics (running ones for a batch of one clip, which has
+        no spread across clips). RUNNING: always by the running statistics as they were before this batch,
+        which training then updates (momentum 0.1). Why RUNNING exists: over a batch of 4 clips the batch's
+        statistics make a clip's tokens depend on the 3 drawn with it, a training-only noise measured about
+        as large as the difference between clips (tools/motion_signal.py)."""
+        if self.training and self.stats == "BATCH" and len(rows) > 1:
+            return self.norm(rows)
         mean, var = self.norm.running_mean.clone(), self.norm.running_var.clone()
         out = F.batch_norm(rows, mean, var, eps=self.norm.eps)
         if self.training and len(rows) > 1:
@@ -76,12 +81,12 @@ class Projection(nn.Module):
     """2 × (Dropout, Linear → hidden, BatchNorm1d, ReLU), then Linear hidden → d_model[, then TokenNorm]."""
 
     def __init__(self, in_dim: int, d_model: int, policy: str, dropout: float = 0.1, hidden: int = 512,
-                 token_norm: bool = False):
+                 token_norm: bool = False, token_norm_stats: str = "BATCH"):
         super().__init__()
         if policy not in POLICIES:
             raise ValueError(f"unknown reduction policy {policy!r}, expected one of {POLICIES}")
         self.policy = policy
-        self.token_norm = TokenNorm(d_model, policy) if token_norm else None
+        self.token_norm = TokenNorm(d_model, policy, token_norm_stats) if token_norm else None
         layers: list[nn.Module] = []
         for i in range(2):
             layers += [nn.Dropout(dropout), nn.Linear(in_dim if i == 0 else hidden, hidden),

@@ -231,10 +231,21 @@ def test_pretraining_branch1_reference_is_the_static_first_frame_pose_encoded_wi
     assert model.encoder.training
 
 
-def test_token_norm_standardises_each_joint_across_clips_by_running_statistics():
+def test_token_norm_batch_standardises_each_joint_across_the_clips_of_the_batch_in_training():
     from models.projection import TokenNorm
 
-    norm = TokenNorm(8, "TIME_POOL").train()
+    norm = TokenNorm(8, "TIME_POOL", "BATCH").train()
+    offset = torch.randn(1, 22, 8) * 10  # a large per-joint offset shared by every clip
+    tokens = offset + torch.randn(16, 22, 8) * 0.1
+    out = norm(tokens, torch.ones(16, 22, dtype=torch.bool))
+    torch.testing.assert_close(out.mean(0), torch.zeros(22, 8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.var(0, unbiased=False), torch.ones(22, 8), atol=1e-2, rtol=0)
+
+
+def test_token_norm_running_standardises_each_joint_across_clips_by_running_statistics():
+    from models.projection import TokenNorm
+
+    norm = TokenNorm(8, "TIME_POOL", "RUNNING").train()
     g = torch.Generator().manual_seed(0)
     offset = torch.randn(1, 22, 8, generator=g) * 10  # a large per-joint offset shared by every clip
     mask = torch.ones(4, 22, dtype=torch.bool)
