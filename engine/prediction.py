@@ -45,7 +45,7 @@ def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_siz
     sampler = ShardedEvalSampler(len(dataset), dist.world_size, dist.rank, lengths=dataset.lengths)
     # Its own generator: evaluating never advances the global RNG, so resumed runs match uninterrupted ones.
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=num_workers, generator=torch.Generator())
+                        num_workers=num_workers, generator=torch.Generator(), pin_memory=dist.device.type == "cuda")
     was_training = model.training
     model.eval()
     local: dict[str, dict] = {}
