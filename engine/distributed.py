@@ -90,6 +90,16 @@ def all_gather_objects(obj) -> list:
     return out
 
 
+def gather_objects(obj, dst: int = 0):
+    """Every rank's `obj` in rank order on rank `dst`, None on the others (one element when not distributed).
+    Where only one rank needs the result, this avoids all_gather's copy of everything on every rank."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def broadcast_object(obj, src: int = 0):
     if not is_distributed():
         return obj

@@ -2,7 +2,7 @@
 given to `evaluate.py --checkpoint`. Scoring is metrics/caption.py; reports and tables are metrics/report.py.
 
 The eval sampler shards without padding (the original padded the last batch with duplicates and gathered
-over fixed TCP ports); results are gathered with all_gather_object.
+over fixed TCP ports); results are gathered to rank 0 with gather_object.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataloaders.samplers import ShardedEvalSampler
 from dataloaders.validation import segment_keys, validate_clips
 from engine import checkpoint as ckpt
 from engine.config import Config
-from engine.distributed import DistInfo, all_gather_objects
+from engine.distributed import DistInfo, gather_objects
 from engine.logs import Progress
 from engine.precision import autocast_dtype
 from engine.weights import build_model
@@ -41,7 +41,8 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_size: int, gen: Optional[Generation],
             num_workers: int = 0, autocast_dtype: Optional[torch.dtype] = None) -> dict[str, dict]:
-    """{video_name: {"caption", "att_node" [T][22], "att_A" [4][22][22]}} for every clip, on every rank."""
+    """{video_name: {"caption", "att_node" [T][22], "att_A" [4][22][22]}} for every clip on rank 0; {} on the
+    other ranks (collective: every rank captions its shard)."""
     sampler = ShardedEvalSampler(len(dataset), dist.world_size, dist.rank, lengths=dataset.lengths)
     # Its own generator: evaluating never advances the global RNG, so resumed runs match uninterrupted ones.
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
@@ -62,8 +63,11 @@ def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_siz
         progress.update()
     progress.close()
     model.train(was_training)
+    parts = gather_objects(local)  # to rank 0 only: the others would hold every clip's attention for nothing
+    if parts is None:
+        return {}
     merged: dict[str, dict] = {}
-    for part in all_gather_objects(local):
+    for part in parts:
         merged.update(part)
     if len(merged) != len(dataset):
         raise RuntimeError(f"evaluation produced {len(merged)} predictions for {len(dataset)} clips")

@@ -96,7 +96,8 @@ def signal_and_noise(model, clips: list[dict], segment: str, batch_size: int, re
     state = {k: v.clone() for k, v in model.state_dict().items()}  # training mode moves BatchNorm statistics
     model.eval()
     reference = decoder_input(model, clips, segment, batch_size, seed=0)
-    out = {"signal": float((reference - reference.mean(0)).pow(2).sum(1).mean())}
+    out = {"signal": float((reference - reference.mean(0)).pow(2).sum(1).mean()),
+           "energy": float(reference.pow(2).sum(1).mean())}  # mean squared norm of a clip's output
     try:
         for source, runs_in_training in NOISE_SOURCES.items():
             for name, module in model.named_modules():
@@ -136,9 +137,10 @@ def main(argv=None) -> int:
     noise = signal_and_noise(model, clips[: a.clips], segment, cfg.DATA.BATCH_SIZE, a.repeats)
     result["decoder_input"] = noise
     print(f"decoder input (T5 encoder output), {min(a.clips, len(clips))} training clips, batches of "
-          f"{cfg.DATA.BATCH_SIZE}: between-clip variance {noise['signal']:.2f}")
+          f"{cfg.DATA.BATCH_SIZE}: between-clip variance {noise['signal']:.2f} (mean squared norm of a clip's "
+          f"output {noise['energy']:.1f})")
     for k, v in noise.items():
-        if k != "signal":
+        if k.startswith("noise"):
             print(f"  training {k:<20} {v:10.2f}  (signal / noise {noise['signal'] / max(v, 1e-12):.3f})")
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1))
