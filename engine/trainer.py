@@ -288,8 +288,8 @@ class Trainer:
         val_loss = self.validation_loss()
         if self.motion_gap is not None:
             self.tb.scalar("motion/loss_gap", self.motion_gap, epoch)
-            log.info("epoch %d: validation loss %.4f under its own motion, %+.4f nats/token under another clip's",
-                     epoch, val_loss, self.motion_gap)
+            log.info("epoch %d: validation captions %+.4f nats/token under another clip's motion than under their "
+                     "own (motion/loss_gap)", epoch, self.motion_gap)
         if val_loss is not None:
             for cb in self.callbacks:
                 cb.after_validation(self, epoch, val_loss)

@@ -172,22 +172,29 @@ class MotionToText(nn.Module):
     def paired_caption_nll(self, tokens: torch.Tensor, token_mask: torch.Tensor, labels: torch.Tensor,
                            other: torch.Tensor, decoder_inputs: Optional[torch.Tensor] = None,
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(T5's loss on the own motions, per-sample mean nll of the caption tokens under the own motion [B], and
-        under the motion of sample `other[i]` [B]), from one T5 pass over both pairings. The prompt tokens are
-        left out of the per-sample nll: they are the same whatever the motion."""
+        """(T5's loss on the own motions, per-sample caption nll under the own motion [B], and under the motion of
+        sample `other[i]` [B]), from one T5 pass over both pairings (see `caption_nll`)."""
+        B = len(labels)
         if decoder_inputs is None:
             decoder_inputs = self.t5.prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = self.t5(inputs_embeds=torch.cat([tokens, tokens[other]]),
-                         attention_mask=torch.cat([token_mask, token_mask[other]]).long(),
-                         decoder_input_ids=decoder_inputs.repeat(2, 1)).logits.float()
-        both = labels.repeat(2, 1)
-        token_nll = F.cross_entropy(logits.transpose(1, 2), both, ignore_index=-100, reduction="none")  # [2B,L]
-        B = len(labels)
-        loss = token_nll[:B][both[:B] != -100].mean()  # T5's own loss: the mean over the batch's label tokens
-        caption = both != -100
-        caption[:, : len(self.codec.prompt_ids)] = False
-        per_sample = (token_nll * caption).sum(1) / caption.sum(1).clamp(min=1)
+        token_nll, per_sample = self.caption_nll(torch.cat([tokens, tokens[other]]),
+                                                 torch.cat([token_mask, token_mask[other]]),
+                                                 labels.repeat(2, 1), decoder_inputs.repeat(2, 1))
+        loss = token_nll[:B][labels != -100].mean()  # T5's own loss: the mean over the batch's label tokens
         return loss, per_sample[:B], per_sample[B:]
+
+    def caption_nll(self, tokens: torch.Tensor, token_mask: torch.Tensor, labels: torch.Tensor,
+                    decoder_inputs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(nll of every label token [B,L], 0 at pads; mean nll of each row's caption tokens [B]). The prompt tokens
+        are left out of the per-row mean: they are the same whatever the motion."""
+        if decoder_inputs is None:
+            decoder_inputs = self.t5.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = self.t5(inputs_embeds=tokens, attention_mask=token_mask.long(),
+                         decoder_input_ids=decoder_inputs).logits.float()
+        token_nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # [B,L]
+        caption = labels != -100
+        caption[:, : len(self.codec.prompt_ids)] = False
+        return token_nll, (token_nll * caption).sum(1) / caption.sum(1).clamp(min=1)
 
     def noisy_decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
         """The teacher-forced decoder inputs (labels shifted right after the start token, pads as <pad>) with

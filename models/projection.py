@@ -54,13 +54,15 @@ class TokenNorm(nn.Module):
         which training then updates (momentum 0.1). Why RUNNING exists: over a batch of 4 clips the batch's
         statistics make a clip's tokens depend on the 3 drawn with it, a training-only noise measured about
         as large as the difference between clips (tools/motion_signal.py)."""
-        if self.training and self.stats == "BATCH" and len(rows) > 1:
+        if not self.training or len(rows) < 2:
+            return F.batch_norm(rows, self.norm.running_mean, self.norm.running_var, eps=self.norm.eps)
+        if self.stats == "BATCH":
             return self.norm(rows)
+        # Copies: the update below changes the statistics in place, and backward needs the ones used here.
         mean, var = self.norm.running_mean.clone(), self.norm.running_var.clone()
         out = F.batch_norm(rows, mean, var, eps=self.norm.eps)
-        if self.training and len(rows) > 1:
-            with torch.no_grad():
-                self.norm(rows.detach())  # updates running_mean / running_var
+        with torch.no_grad():
+            self.norm(rows.detach())  # updates running_mean / running_var
         return out
 
     def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,7 @@ def caption_nll(model, clips: list[dict], segment: str, max_label: int) -> torch
     for batch in DataLoader(TrainDataset(clips, segment=segment), batch_size=64, collate_fn=collate):
         labels = model.codec.encode_targets(batch["texts"])[:, :max_label].contiguous()
         tokens, mask, _, _ = model.encode(batch)
-        same = torch.arange(len(labels))
-        out.append(model.paired_caption_nll(tokens, mask, labels, same)[1])
+        out.append(model.caption_nll(tokens, mask, labels)[1])
     return torch.cat(out)
 
 
