@@ -1,9 +1,9 @@
-"""Encoder input features: joint positions and bone vectors, layout [..., 6, T, 22]."""
+"""Encoder input features: joint positions and bone vectors, layout [..., 6, T, 22]; facing normalisation."""
 from __future__ import annotations
 
 import torch
 
-from common.skeleton import N_JOINTS, SMPL_PARENTS
+from common.skeleton import LEFT_HIP, N_JOINTS, RIGHT_HIP, SMPL_PARENTS
 # Gather index for "the parent of joint j"; the pelvis points at itself so its bone is exactly 0.
 _PARENT_INDEX = torch.tensor([p if p >= 0 else j for j, p in enumerate(SMPL_PARENTS)], dtype=torch.long)
 
@@ -17,3 +17,21 @@ def skeleton_features(coords: torch.Tensor) -> torch.Tensor:
     joints = coords.reshape(*coords.shape[:-1], N_JOINTS, 3)  # [..., T, 22, 3]
     bones = joints - joints.index_select(-2, _PARENT_INDEX.to(coords.device))
     return torch.cat([joints, bones], dim=-1).movedim(-1, -3).contiguous()  # [..., 6, T, 22]
+
+
+def face_forward(coords: torch.Tensor) -> torch.Tensor:
+    """[..., T, 66] -> the same clips turned about the vertical (y) axis through the pelvis so that, in each
+    clip's first frame, the line from the left hip to the right hip points along +x.
+
+    Pose estimated from video is in camera coordinates, so the same punch filmed from the front and from the
+    back differs by a half turn; after this it does not. The turn is fixed per clip (the body still turns
+    within the clip), zero frames stay zero, and a clip already facing forward is left as it is."""
+    if coords.shape[-1] != 3 * N_JOINTS:
+        raise ValueError(f"face_forward: last dim is {coords.shape[-1]}, expected 66 (x,y,z of 22 joints)")
+    joints = coords.reshape(*coords.shape[:-1], N_JOINTS, 3)  # [..., T, 22, 3]
+    hips = joints[..., 0, RIGHT_HIP, :] - joints[..., 0, LEFT_HIP, :]  # first frame, [..., 3]
+    angle = torch.atan2(hips[..., 2], hips[..., 0])[..., None, None]  # hips' heading in the x-z plane
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    x, y, z = joints.unbind(-1)
+    turned = torch.stack([cos * x + sin * z, y, cos * z - sin * x], dim=-1)
+    return turned.reshape(coords.shape)

@@ -12,15 +12,20 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from dataloaders.features import face_forward
 from dataloaders.splits import person_of
 
 DESCRIPTOR_FRAMES = 32
 SEPARATOR = " | "  # between retrieved labels in the prompt text
 
 
-def motion_descriptor(coords: torch.Tensor) -> torch.Tensor:
-    """[T,66] → a fixed-size vector: pelvis-relative joints resampled to 32 frames (speed-invariant)."""
-    joints = coords.float().view(len(coords), 22, 3)
+def motion_descriptor(coords: torch.Tensor, canonical_facing: bool = False) -> torch.Tensor:
+    """[T,66] → a fixed-size vector: pelvis-relative joints resampled to 32 frames (speed-invariant); with
+    `canonical_facing`, of the clip turned to face forward (the camera's heading removed)."""
+    coords = coords.float()
+    if canonical_facing:
+        coords = face_forward(coords)
+    joints = coords.view(len(coords), 22, 3)
     joints = joints - joints[:, :1]
     resampled = F.interpolate(joints.reshape(1, len(coords), 66).transpose(1, 2), size=DESCRIPTOR_FRAMES,
                               mode="linear", align_corners=True)  # [1,66,32]
@@ -35,15 +40,16 @@ def _group_codes(train_clips: list[dict], query_clips: list[dict]) -> tuple[torc
 
 
 def nearest_training_clips(train_clips: list[dict], query_clips: list[dict], k: int,
-                           exclude: Literal["CLIP", "PERSON"] = "CLIP") -> list[list[int]]:
+                           exclude: Literal["CLIP", "PERSON"] = "CLIP",
+                           canonical_facing: bool = False) -> list[list[int]]:
     """Indices into `train_clips` of the k nearest clips of the same technique for each query clip, nearest
     first. A clip with the query's video_name is never returned (so `query_clips = train_clips` is
     leave-one-out); with exclude PERSON neither is any clip of the query's person. Fewer than k when the
-    technique has fewer eligible clips."""
+    technique has fewer eligible clips. `canonical_facing`: compare the clips turned to face forward."""
     if not train_clips or not query_clips:
         return [[] for _ in query_clips]
-    train_desc = torch.stack([motion_descriptor(c["coordinates"]) for c in train_clips])
-    query_desc = torch.stack([motion_descriptor(c["coordinates"]) for c in query_clips])
+    train_desc = torch.stack([motion_descriptor(c["coordinates"], canonical_facing) for c in train_clips])
+    query_desc = torch.stack([motion_descriptor(c["coordinates"], canonical_facing) for c in query_clips])
     dist = torch.cdist(query_desc, train_desc)  # [Q, N]
     train_group, query_group = _group_codes(train_clips, query_clips)
     allowed = query_group[:, None] == train_group[None, :]
@@ -76,10 +82,11 @@ def _join(train_clips: list[dict], row: list[int], slot: Optional[int]) -> str:
     return SEPARATOR.join(picked)
 
 
-def label_of_nearest(train_clips: list[dict], test_clips: list[dict], position: int = 0) -> dict[str, Optional[str]]:
+def label_of_nearest(train_clips: list[dict], test_clips: list[dict], position: int = 0,
+                     canonical_facing: bool = False) -> dict[str, Optional[str]]:
     """The retrieval baseline: each test clip gets the label at `position` of its nearest training clip
     (None when its technique has no training clip, or that clip has fewer labels)."""
-    nearest = nearest_training_clips(train_clips, test_clips, 1)
+    nearest = nearest_training_clips(train_clips, test_clips, 1, canonical_facing=canonical_facing)
     out = {}
     for c, row in zip(test_clips, nearest):
         labels = train_clips[row[0]]["labels"] if row else []

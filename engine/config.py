@@ -57,6 +57,10 @@ class TransformationConfig:
     # depend on the clips drawn with them); RUNNING, the running averages, as in evaluation. Evaluation always
     # uses the running averages.
     TOKEN_NORM_STATS: Literal["BATCH", "RUNNING"] = "BATCH"
+    # Turn every clip (and standard) about the vertical axis so its first frame faces one way: poses
+    # estimated from video are in camera coordinates, so a camera view changes every coordinate. Not in
+    # the original; false keeps the input as published.
+    CANONICAL_FACING: bool = False
 
 
 @dataclass
@@ -219,6 +223,7 @@ class Config:
             reduction_policy=self.TRANSFORMATION.REDUCTION_POLICY,
             projection_dropout=self.TRANSFORMATION.PROJECTION_DROPOUT, token_norm=self.TRANSFORMATION.TOKEN_NORM,
             token_norm_stats=self.TRANSFORMATION.TOKEN_NORM_STATS,
+            canonical_facing=self.TRANSFORMATION.CANONICAL_FACING,
             fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
             retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
             motion_margin=self.T5.MOTION_MARGIN,

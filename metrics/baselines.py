@@ -4,6 +4,8 @@
   technique's training clips;
 * nearest neighbour, label i: the label at position i of the closest training clip of the same technique
   (skeleton distance, `dataloaders/retrieval.py`) — in BX a label position is one annotator;
+* nearest neighbour (facing forward), label i: the same with every clip turned to face forward first (the
+  camera's heading removed, as TRANSFORMATION.CANONICAL_FACING does for the model);
 * random same-person clip, label i (no motion): the label at position i of a random training clip of the
   test clip's person and technique (a random clip of the technique when the person has none there, as on a
   person-disjoint split), mean ± std over `DRAW_SEEDS` draws. It sees who the learner is and what was
@@ -30,8 +32,8 @@ DRAW_SEEDS = (0, 1, 2, 3, 4)
 CONSTANT = "constant caption" + NO_MOTION
 
 
-def nearest_name(position: int) -> str:
-    return f"nearest neighbour, label {position}"
+def nearest_name(position: int, canonical_facing: bool = False) -> str:
+    return f"nearest neighbour{' (facing forward)' if canonical_facing else ''}, label {position}"
 
 
 def same_person_name(position: int) -> str:
@@ -76,12 +78,14 @@ def _constant_predictions(train_clips: list[dict], test_clips: list[dict]) -> di
 
 def baseline_predictions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, dict[str, str]]:
     """{row name: {video_name: caption}}: the constant caption, then the nearest neighbour's label at each
-    label position. A test clip whose technique has no training clip gets the constant caption."""
+    label position, in camera coordinates and facing forward. A test clip whose technique has no training
+    clip gets the constant caption."""
     constant = _constant_predictions(train_clips, test_clips)
     rows = {CONSTANT: constant}
-    for pos in label_positions(train_clips):
-        nearest = label_of_nearest(train_clips, test_clips, pos)
-        rows[nearest_name(pos)] = {name: nearest[name] or constant[name] for name in constant}
+    for facing in (False, True):
+        for pos in label_positions(train_clips):
+            nearest = label_of_nearest(train_clips, test_clips, pos, canonical_facing=facing)
+            rows[nearest_name(pos, facing)] = {name: nearest[name] or constant[name] for name in constant}
     return rows
 
 

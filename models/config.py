@@ -32,6 +32,7 @@ class MotionToTextConfig:
     projection_dropout: float = 0.1
     token_norm: bool = False  # per-joint standardised T5 input tokens + joint embedding (not in the original)
     token_norm_stats: str = "BATCH"  # TOKEN_NORM in training: BATCH statistics or RUNNING averages
+    canonical_facing: bool = False  # every clip and standard turned about y to face one way (not in the original)
     fusion: str = "DIFFERENCE"  # branch 1: DIFFERENCE (standard window − learner) | CONCAT (learner, difference)
     use_data_segment: bool = False  # branch 1: the data's aligned segment instead of the window search
     retrieval: bool = False  # retrieved training labels go to T5 as text after the motion tokens

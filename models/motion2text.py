@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from alignment.reference import aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width
-from dataloaders.features import skeleton_features
+from dataloaders.features import face_forward, skeleton_features
 from models.config import Generation, MotionToTextConfig
 from models.projection import Projection
 from models.stagcn import STAGCN
@@ -90,10 +90,14 @@ class MotionToText(nn.Module):
     def set_standards(self, standards: dict[str, torch.Tensor]) -> None:
         """Standards are data, not weights: kept as non-persistent buffers that follow .to(device)."""
         self.standard_names = list(standards)
-        coords = [standards[n].float() for n in self.standard_names]
+        coords = [self.input_coordinates(standards[n].float()) for n in self.standard_names]
         device = self.standard_coords.device
         self.standard_coords = pad_sequence(coords, batch_first=True).to(device)
         self.standard_lengths = torch.tensor([len(c) for c in coords], device=device)
+
+    def input_coordinates(self, coords: torch.Tensor) -> torch.Tensor:
+        """Coordinates [..., T, 66] as the encoder reads them (turned to face forward if configured)."""
+        return face_forward(coords) if self.config.canonical_facing else coords
 
     def embed_reference(self, coords: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """A reference motion's embedding [S,Ts,22,C]: eval mode (running BatchNorm statistics), no grad, and
@@ -117,7 +121,7 @@ class MotionToText(nn.Module):
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """→ T5 input tokens [B,N,d_model], their mask [B,N], att_node [B,1,T,22], att_A [B,4,22,22]."""
-        coords, frame_mask = batch["coordinates"], batch["frame_mask"]
+        coords, frame_mask = self.input_coordinates(batch["coordinates"]), batch["frame_mask"]
         emb, att_node, att_A = self.encoder(skeleton_features(coords), frame_mask)  # emb [B,T,22,C]
         if self.branch == 1:
             if self.pretrain:  # the original's stand-in: the static first-frame pose, encoded like a standard

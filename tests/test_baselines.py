@@ -81,8 +81,22 @@ def test_nearest_neighbour_rows_take_each_label_position():
              clip("2_c", "Cross", ["c0 cross", "c1 cross"], seed=3), clip("3_d", "Cross", ["d0", "d1"], seed=4)]
     test = [dict(clip("t1", "Jab", seed=1), video_name="9_t1"), dict(clip("t2", "Cross", seed=3), video_name="9_t2")]
     rows = baseline_predictions(train, test)
-    assert list(rows) == ["constant caption (no motion)", "nearest neighbour, label 0", "nearest neighbour, label 1"]
+    assert list(rows) == ["constant caption (no motion)", "nearest neighbour, label 0", "nearest neighbour, label 1",
+                          "nearest neighbour (facing forward), label 0", "nearest neighbour (facing forward), label 1"]
     assert rows["nearest neighbour, label 1"] == {"9_t1": "a1 jab", "9_t2": "c1 cross"}
+
+
+def test_facing_forward_neighbour_finds_the_same_motion_filmed_from_the_other_side():
+    from metrics.baselines import baseline_predictions
+    from tests.test_data import _turn_about_y
+
+    train = [clip(f"{i}_a", "Jab", [f"l{i}"], seed=i) for i in range(6)]
+    for c in train:  # every clip faces its own way, as clips filmed from different cameras do
+        c["coordinates"] = _turn_about_y(c["coordinates"] * 0.3, 60.0 * int(c["video_name"][0]))
+    test = [dict(train[3], video_name="9_t", coordinates=_turn_about_y(train[3]["coordinates"], 180.0))]
+    rows = baseline_predictions(train, test)
+    assert rows["nearest neighbour (facing forward), label 0"] == {"9_t": "l3"}
+    assert rows["nearest neighbour, label 0"] != {"9_t": "l3"}  # in camera coordinates the half turn dominates
 
 
 def persons_corpus():

@@ -1,4 +1,5 @@
 """Data layer: safe loading, validation messages, skeleton features, datasets and collate."""
+import math
 import os
 import pickle
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
 from dataloaders.datasets import EvalDataset, TrainDataset, collate, load_dataset
 from common.skeleton import SMPL_PARENTS
-from dataloaders.features import skeleton_features
+from dataloaders.features import face_forward, skeleton_features
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import validate_clips
 from common.errors import UserError
@@ -227,6 +228,43 @@ def test_features_of_a_batch_equal_features_per_clip_and_padding_stays_zero():
     for b in range(3):
         assert torch.equal(batch[b], skeleton_features(coords[b]))
     assert torch.equal(batch[1, :, 4:], torch.zeros(6, 3, 22))
+
+
+def _turn_about_y(coords: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotation about the vertical axis written out with a rotation matrix (independent of face_forward)."""
+    a = torch.tensor(math.radians(degrees))
+    R = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]],
+                     dtype=coords.dtype)
+    return (coords.reshape(*coords.shape[:-1], 22, 3) @ R.T).reshape(coords.shape)
+
+
+def test_face_forward_puts_the_first_frames_hips_on_plus_x_and_keeps_height_and_lengths():
+    coords = torch.randn(9, 66, dtype=torch.float64)
+    out = face_forward(coords).reshape(9, 22, 3)
+    hips = out[0, 2] - out[0, 1]  # right hip - left hip, first frame
+    assert hips[0] > 0 and abs(float(hips[2])) < 1e-12
+    joints = coords.reshape(9, 22, 3)
+    assert torch.equal(out[..., 1], joints[..., 1])  # y (vertical) untouched
+    torch.testing.assert_close(out.norm(dim=-1), joints.norm(dim=-1))  # a rotation about the pelvis
+    torch.testing.assert_close(face_forward(face_forward(coords)), face_forward(coords))  # idempotent
+
+
+@pytest.mark.parametrize("degrees", [30.0, 90.0, 180.0, -135.0])
+def test_face_forward_removes_a_turn_of_the_whole_clip_about_the_vertical_axis(degrees):
+    coords = torch.randn(6, 66, dtype=torch.float64)
+    torch.testing.assert_close(face_forward(_turn_about_y(coords, degrees)), face_forward(coords))
+    tilted = (coords.reshape(6, 22, 3) @ torch.tensor([[1.0, 0, 0], [0, 0.8, 0.6], [0, -0.6, 0.8]],
+                                                      dtype=torch.float64).T).reshape(6, 66)
+    assert not torch.allclose(face_forward(tilted), face_forward(coords))  # only turns about y are removed
+
+
+def test_face_forward_of_a_batch_equals_per_clip_and_keeps_padding_zero():
+    coords = torch.randn(3, 7, 66)
+    coords[1, 4:] = 0
+    batch = face_forward(coords)
+    for b in range(3):
+        torch.testing.assert_close(batch[b], face_forward(coords[b]), rtol=0, atol=0)
+    assert torch.equal(batch[1, 4:], torch.zeros(3, 66))
 
 
 # ----------------------------------------------------------------------------- datasets and collate

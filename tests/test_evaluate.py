@@ -418,9 +418,10 @@ def test_summary_with_baselines_and_bad_folders(data, tmp_path, capsys):
     out = capsys.readouterr().out
     rows = [ln.split("|") for ln in out.splitlines() if ln.startswith("| val")]
     assert [r[2].strip() for r in rows] == ["constant caption (no motion)", "nearest neighbour, label 0",
+                                            "nearest neighbour (facing forward), label 0",
                                             "random same-person clip, label 0 (no motion)", "exp"]
-    assert " ± " in rows[2][5]  # 5 seeded draws: mean ± std
-    strongest = max(rows[:3], key=lambda r: float(r[-3].split()[0]))[2].strip()
+    assert " ± " in rows[3][5]  # 5 seeded draws: mean ± std
+    strongest = max(rows[:4], key=lambda r: float(r[-3].split()[0]))[2].strip()
     assert f"val: strongest baseline: {strongest} (CIDEr " in out
     assert "6 of 6 test clip(s) have no training clip of their person" in out  # synthetic names: no person id
     assert evaluate.main(["--summary", str(tmp_path)]) == EXIT_USER_ERROR

@@ -406,3 +406,27 @@ def test_motion_margin_loss_is_cross_entropy_plus_hinge_on_the_other_clips_motio
         tokens, mask, _, _ = model.encode(batch)
         assert torch.equal(model(batch, labels), model.t5(inputs_embeds=tokens, attention_mask=mask.long(),
                                                             labels=labels).loss)
+
+
+@pytest.mark.parametrize("branch, pretrain", [(0, True), (1, False)])
+def test_canonical_facing_makes_the_tokens_independent_of_the_camera_heading(branch, pretrain):
+    from tests.test_data import _turn_about_y
+
+    clips = [random_clip(10, seed=1), random_clip(7, seed=2)]
+    turned = [_turn_about_y(c, 75.0) for c in clips[:1]] + [_turn_about_y(c, -160.0) for c in clips[1:]]
+    tokens = {}
+    for facing in (False, True):
+        cfg = tiny_config(BRANCH=branch, TASK={"PRETRAIN": pretrain},
+                          TRANSFORMATION={"CANONICAL_FACING": facing})
+        model = tiny_model(cfg, standards=STANDARDS).eval()
+        # the standards are filmed from another side than the clips: facing forward removes that too
+        if branch == 1:
+            model.set_standards({k: _turn_about_y(v, 120.0) for k, v in STANDARDS.items()})
+        with torch.no_grad():
+            a = model.encode(make_batch(clips, motion_types=["Jab", "Cross"]))[0]
+            if branch == 1:
+                model.set_standards(STANDARDS)
+            b = model.encode(make_batch(turned, motion_types=["Jab", "Cross"]))[0]
+        tokens[facing] = (a, b)
+    torch.testing.assert_close(*tokens[True], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(*tokens[False], atol=1e-4, rtol=1e-4)  # camera coordinates: the heading shows
