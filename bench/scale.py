@@ -71,8 +71,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.harness import RESULT_TAG, LoadMeter, cpu_model, emit  # noqa: E402
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
-RESULT_TAG = "SCALE_RESULT "  # the line a child process prints its JSON result on
 MIB = 2 ** 20
 
 # Small enough for a few minutes on 2 cores; the comparison only needs the real code path at some size.
@@ -239,10 +240,6 @@ def _mib(kb: int) -> float:
     return round(kb / 1024, 1)
 
 
-def emit(result: dict) -> None:
-    print(RESULT_TAG + json.dumps(result), flush=True)
-
-
 def run_child(args: list[str], env: dict, timeout: float) -> dict:
     """Run `python -m bench.scale --child ...`, return the JSON it printed last (its errors if none)."""
     proc = subprocess.run([sys.executable, "-m", "bench.scale", *args], cwd=REPO, env=env, capture_output=True,
@@ -381,7 +378,6 @@ def child_load(path: str) -> None:
 # ---- part 1: throughput with and without bucketing -----------------------------------------------
 
 def throughput(args, tmp: Path) -> dict:
-    from bench.run import LoadMeter
     from dataloaders.samplers import padding_fraction
 
     model = QUICK_MODEL if args.quick else MODEL
@@ -748,8 +744,6 @@ def main(argv=None) -> int:
     if args.child == "load":
         child_load(rest[0])
         return 0
-    from bench.run import cpu_model
-
     t0 = time.perf_counter()
     res: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "rest")},
                  "machine": {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "uptime_before": uptime(),
