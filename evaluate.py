@@ -409,18 +409,32 @@ def main(argv=None) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     check_args(args)
-    if args.summary:
-        return summarize_runs(args)
-    if args.pred:
-        return score_predictions_file(args)
+    mode = mode_of(args)
+    if mode in WITHOUT_CONFIG:
+        return WITHOUT_CONFIG[mode](args)
     from engine.config_loader import load_config  # heavy imports after parsing: --help answers at once
 
-    cfg = load_config(config_path(args.exp), args.set)
-    if args.plot_curves is not None:
-        return plot_training_curves(args, cfg)
-    if args.export is not None:
-        return export_model(args, cfg)
-    return run_checkpoint(args, cfg) if args.checkpoint else score_experiment(args, cfg)
+    return WITH_CONFIG[mode](args, load_config(config_path(args.exp), args.set))
+
+
+def mode_of(a: argparse.Namespace) -> str:
+    """Which of the modes in this file's docstring the (checked) arguments ask for."""
+    if a.summary:
+        return "summary"
+    if a.pred:
+        return "score-file"
+    if a.plot_curves is not None:
+        return "curves"
+    if a.export is not None:
+        return "export"
+    return "caption" if a.checkpoint else "score-experiment"
+
+
+# The modes: those that read files alone, and those that read an experiment's config first.
+WITHOUT_CONFIG = {"summary": summarize_runs, "score-file": score_predictions_file}
+WITH_CONFIG = {"curves": plot_training_curves, "export": export_model,
+               "caption": run_checkpoint,  # also --motion-control and --plot-attention on new captions
+               "score-experiment": score_experiment}  # also --baselines and --plot-attention on saved ones
 
 
 if __name__ == "__main__":
