@@ -99,7 +99,10 @@ def dry_run_summary(exp, dist) -> dict:
                     " and never reaches OPTIMIZER.LR" if warmup["fraction"] >= 1 else " and barely decays")
     log.info("weights: %s", weights["summary"])
     log.info("device %s, precision %s, %d process(es)", dist.device, precision, dist.world_size)
-    return {"params": parameter_counts(exp.model),
+    params = parameter_counts(exp.model)
+    log.info("parameters: %d trainable of %d (%.2f%%)", params["trainable"], params["total"],
+             100 * params["trainable"] / params["total"])
+    return {"params": params,
             "data": {"train_samples": len(exp.train_set), "test_clips": len(exp.test_set)},
             "logdir": str(cfg.logdir), "world_size": dist.world_size, "optimizer_steps": steps, "warmup": warmup,
             "weights": weights, "device": str(dist.device), "precision": precision}

@@ -14,7 +14,7 @@ from typing import Literal, Optional
 
 from common.errors import UserError
 from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
-from models.config import Generation, MotionToTextConfig
+from models.config import T5_MODULES, Generation, MotionToTextConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,6 +141,18 @@ class GenerationConfig:
 
 
 @dataclass
+class LoraConfig:
+    RANK: int = key(0, Range(0, 4096))  # 0: no adapters
+    ALPHA: float = key(16.0, Range(0.0, 1e6, low_open=True))  # the adapters' output is scaled by ALPHA / RANK
+    DROPOUT: float = key(0.05, Range(0.0, 1.0, high_open=True))
+    TARGETS: str = "q,v"  # T5 layers to adapt, comma-separated: q, k, v, o (attention), wi, wo, wi_0, wi_1 (feed-forward); may be empty
+    STAGCN: bool = False  # also adapt the STA-GCN's graph and temporal convolutions (their weights then stay fixed)
+
+    def targets(self) -> list[str]:
+        return [t.strip() for t in self.TARGETS.split(",") if t.strip()]
+
+
+@dataclass
 class T5Config:
     NAME: Optional[str] = None  # "t5-base" or a local folder; None builds a T5 from the sizes below
     D_MODEL: int = key(512, Range(1, 65536))
@@ -156,6 +168,10 @@ class T5Config:
     # Training only: each caption must be at least this many nats per token more likely under its own clip's
     # motion than under another clip's of the batch (a hinge loss added to the cross-entropy); 0 = off.
     MOTION_MARGIN: float = key(0.0, Range(0.0, 100.0))
+    # LoRA adapters (through peft): the way to finetune a large pretrained T5 on a few hundred clips.
+    LORA: LoraConfig = field(default_factory=LoraConfig)
+    # Which T5 parameters train: NONE all; ENCODER all but its encoder stack; ALL_BUT_LORA its adapters only.
+    FREEZE: Literal["NONE", "ENCODER", "ALL_BUT_LORA"] = "NONE"
 
 
 @dataclass
@@ -227,8 +243,16 @@ class Config:
             fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
             retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
             motion_margin=self.T5.MOTION_MARGIN,
-            subtraction_dim=subtraction_dim if self.BRANCH == 2 else 0, prompt=self.prompt, t5=dict(t5),
+            subtraction_dim=subtraction_dim if self.BRANCH == 2 else 0, lora=self.lora(), prompt=self.prompt, t5=dict(t5),
             generation=self.generation)
+
+    def lora(self) -> dict:
+        """The model config's `lora`: {} without adapters."""
+        lora = self.T5.LORA
+        if not lora.RANK or not (lora.targets() or lora.STAGCN):
+            return {}
+        return {"rank": lora.RANK, "alpha": lora.ALPHA, "dropout": lora.DROPOUT, "t5_modules": lora.targets(),
+                "stagcn": lora.STAGCN}
 
     def to_dict(self) -> dict:
         return _to_dict(self)
@@ -257,6 +281,16 @@ def _check_ranges(section, prefix: str) -> None:
             raise UserError(f"config key {prefix}{f.name}: got {value!r}, expected a finite value in {allowed}")
 
 
+def _check_lora(t5: T5Config) -> None:
+    unknown = [t for t in t5.LORA.targets() if t not in T5_MODULES]
+    if unknown:
+        raise UserError(f"config key T5.LORA.TARGETS={t5.LORA.TARGETS!r}: unknown T5 layer(s) {', '.join(unknown)}; "
+                        f"expected a comma-separated list of {', '.join(T5_MODULES)}")
+    if t5.FREEZE == "ALL_BUT_LORA" and not (t5.LORA.RANK and t5.LORA.targets()):
+        raise UserError("config key T5.FREEZE=ALL_BUT_LORA: T5 has no adapters to train; set T5.LORA.RANK > 0 and "
+                        "T5.LORA.TARGETS, or another FREEZE")
+
+
 def check_config(cfg: Config) -> None:
     """Every numeric key within its range, then the rules between keys."""
     _check_ranges(cfg, "")
@@ -273,6 +307,7 @@ def check_config(cfg: Config) -> None:
     if cfg.EVAL.EARLY_STOP_PATIENCE and not cfg.EVAL.SCORE:
         raise UserError(f"config keys EVAL.EARLY_STOP_PATIENCE={cfg.EVAL.EARLY_STOP_PATIENCE}, EVAL.SCORE=false: "
                         "early stopping needs the validation scores; set EVAL.SCORE: true or the patience to 0")
+    _check_lora(cfg.T5)
     if cfg.DATA.TRAIN is None:
         raise UserError("config key DATA.TRAIN: missing, expected the path of the training data file")
     if cfg.DATA.TEST is None:

@@ -23,6 +23,7 @@ from engine.config import Config
 from engine.distributed import DistInfo, broadcast_object
 from engine.weights import (build_model, changed_keys, check_architecture, load_pretrained_weights, load_weights,
                             read_weights_file, resolve_init_weights)
+from models.lora import freeze_parameters, parameter_share
 from models.motion2text import MotionToText
 from models.tokenizer import load_pretrained_tokenizer, tokenizer_from_json, train_caption_tokenizer
 
@@ -121,6 +122,11 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
                  resume_state["global_step"])
     elif init_state is not None:
         load_pretrained_weights(model, init_state, init_path)
+    share = freeze_parameters(model, cfg.T5.FREEZE)
+    if share["trainable"] < share["total"]:
+        log.info("training %d of %d parameters (%.2f%%; T5.FREEZE=%s%s)", share["trainable"], share["total"],
+                 100 * share["trainable"] / share["total"], cfg.T5.FREEZE,
+                 f", LoRA rank {cfg.T5.LORA.RANK}" if model.config.lora else "")
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT
     train_retrieved, test_retrieved = retrieved_texts(cfg, train_clips, test_clips)
     label_index = cfg.RETRIEVAL.LABEL_INDEX if cfg.RETRIEVAL.LABEL_INDEX >= 0 else None
@@ -152,4 +158,4 @@ def retrieved_texts(cfg: Config, train_clips: list[dict], test_clips: list[dict]
 def parameter_counts(model: MotionToText) -> dict[str, int]:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"stagcn": count(model.encoder), "projection": count(model.projection), "t5": count(model.t5),
-            "total": count(model)}
+            "total": count(model), "trainable": parameter_share(model)["trainable"]}

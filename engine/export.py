@@ -27,6 +27,7 @@ from common.files import atomic_write_json, atomic_write_text
 from engine.config import Config
 from engine.weights import load_model
 from metrics.report import METRICS_FILE, format_table, read_experiment_metrics, read_json
+from models.lora import merge_adapters
 from models.config import Generation, MotionToTextConfig
 from models.motion2text import MotionToText
 from models.tokenizer import save_tokenizer, tokenizer_from_json
@@ -54,7 +55,9 @@ def export_checkpoint(cfg: Config, checkpoint_path: Path, out_dir: Path) -> Path
     out_dir = Path(out_dir)
     check_export_dir(out_dir)
     model, state = load_model(cfg, checkpoint_path, torch.device("cpu"))
-    config = dataclasses.replace(model.config, generation=cfg.generation)
+    # LoRA adapters are folded into the weights: the export is a plain model, loadable without peft's names.
+    model = merge_adapters(model)
+    config = dataclasses.replace(model.config, generation=cfg.generation, lora={})
     card = model_card(cfg, checkpoint_path, state)  # reads metrics.json: fails before anything is written
     staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
     try:

@@ -14,8 +14,10 @@ from engine.config import OptimizerConfig
 
 
 def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]  # biases and norm scales
+    """Over the parameters that train (frozen ones, e.g. a T5 under LoRA, hold no optimizer state)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]  # biases and norm scales
     return torch.optim.AdamW([{"params": decay, "weight_decay": opt.WEIGHT_DECAY},
                               {"params": no_decay, "weight_decay": 0.0}], lr=opt.LR)
 

@@ -18,6 +18,7 @@ from engine import checkpoint as ckpt
 from engine.config import Config
 from metrics.report import BEST_BY, METRICS_FILE, ranked_epochs, read_experiment_metrics
 from models.config import MotionToTextConfig
+from models.lora import LORA_MARK
 from models.motion2text import MotionToText
 from models.text_model import load_pretrained_t5, local_t5_config, t5_config_dict
 from models.tokenizer import tokenizer_from_json
@@ -274,6 +275,13 @@ def load_model(cfg: Config, path: Path, device: torch.device, standards: Optiona
     return model, state
 
 
+def _adapted_name(name: str, own: dict) -> str:
+    """A checkpoint's plain parameter name as `own` names it: `….base_layer.…` where LoRA adapts that layer."""
+    head, _, leaf = name.rpartition(".")
+    adapted = f"{head}.base_layer.{leaf}"
+    return adapted if name not in own and adapted in own else name
+
+
 def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> None:
     """Load everything but the projection (its input width depends on the branch); report what was skipped.
 
@@ -281,13 +289,18 @@ def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> N
     train from a half-random model."""
     own = model.state_dict()
     weights = state["model"]
-    skipped = sorted(k for k in weights if k.startswith("projection."))
+    if not any(LORA_MARK in k for k in own) and any(LORA_MARK in k for k in weights):
+        raise UserError(f"{source}: its weights carry LoRA adapters and this config has none; finetune with the "
+                        "same T5.LORA, or export that checkpoint (evaluate.py --export merges the adapters) first")
+    weights = {_adapted_name(k, own): v for k, v in weights.items()}
+    adapters = sorted(k for k in own if LORA_MARK in k and k not in weights)
+    skipped = sorted(k for k in state["model"] if k.startswith("projection."))
     mismatched = [k for k, v in weights.items() if k in own and not k.startswith("projection.") and own[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
         raise UserError(f"{source}: tensor {k} has shape {tuple(weights[k].shape)}, this config builds "
                         f"{tuple(own[k].shape)}; HIDDEN_CHANNEL/OUT_CHANNEL and T5.* sizes must match the pretraining config")
-    missing = sorted(k for k in own if k not in weights and not k.startswith("projection."))
+    missing = sorted(k for k in own if k not in weights and not k.startswith("projection.") and k not in adapters)
     unexpected = sorted(k for k in weights if k not in own and not k.startswith("projection."))
     if missing or unexpected:
         what = (f"{len(missing)} tensors of this model are not in it (e.g. {missing[0]})" if missing else
@@ -297,5 +310,6 @@ def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> N
     model.load_state_dict(loadable, strict=False)
     fresh = sorted(k for k in own if k.startswith("projection."))
     log.info("finetuning from %s: loaded %d tensors; skipped %d projection tensors of the checkpoint (%s), "
-             "the projection (%d tensors) starts fresh", source, len(loadable), len(skipped),
-             ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else ""), len(fresh))
+             "the projection (%d tensors)%s starts fresh", source, len(loadable), len(skipped),
+             ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else ""), len(fresh),
+             f" and {len(adapters)} LoRA adapter tensors" if adapters else "")

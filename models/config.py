@@ -12,6 +12,11 @@ from common.errors import UserError
 from common.text import PRETRAIN_PROMPT
 
 
+# LoRA may adapt T5's attention (q, k, v, o) and feed-forward (wi, wo; wi_0, wi_1 in gated T5 v1.1) layers.
+T5_MODULES = ("q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1")
+FREEZE_POLICIES = ("NONE", "ENCODER", "ALL_BUT_LORA")  # which T5 parameters train (models/lora.py)
+
+
 @dataclass
 class Generation:
     """Decoding defaults; a caller may pass others to `MotionToText.generate`."""
@@ -39,6 +44,8 @@ class MotionToTextConfig:
     word_dropout: float = 0.0  # training only: decoder input tokens replaced by <unk>
     motion_margin: float = 0.0  # training only: hinge on nll(caption | other motion) − nll(caption | own motion)
     subtraction_dim: int = 0  # branch 2: width of the per-frame external features
+    # LoRA adapters: {} none; else {"rank", "alpha", "dropout", "t5_modules": [...], "stagcn": bool}
+    lora: dict[str, Any] = field(default_factory=dict)
     prompt: str = PRETRAIN_PROMPT  # the decoder prefix of every caption
     t5: dict[str, Any] = field(default_factory=dict)  # a transformers T5Config as a dict
     generation: Generation = field(default_factory=Generation)

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from alignment.reference import aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width
 from dataloaders.features import face_forward, skeleton_features
+from models.lora import ENCODER_MODULES, add_adapters
 from models.config import Generation, MotionToTextConfig
 from models.projection import Projection
 from models.stagcn import STAGCN
@@ -81,11 +82,20 @@ class MotionToText(nn.Module):
                                      config.projection_dropout, token_norm=config.token_norm,
                                      token_norm_stats=config.token_norm_stats)
         self.t5 = t5
+        if config.lora:
+            self.add_adapters(config.lora)
         self.standard_names: list[str] = []
         self.register_buffer("standard_coords", torch.zeros(0, 2, 66), persistent=False)  # [S,Ts,66]
         self.register_buffer("standard_lengths", torch.zeros(0, dtype=torch.long), persistent=False)
         if standards:
             self.set_standards(standards)
+
+    def add_adapters(self, lora: dict) -> None:
+        """LoRA on T5's `t5_modules` and, with `stagcn`, on the STA-GCN's convolutions (models/lora.py)."""
+        if lora.get("t5_modules"):
+            add_adapters(self.t5, lora["t5_modules"], lora["rank"], lora["alpha"], lora["dropout"])
+        if lora.get("stagcn"):
+            add_adapters(self.encoder, ENCODER_MODULES, lora["rank"], lora["alpha"], lora["dropout"])
 
     def set_standards(self, standards: dict[str, torch.Tensor]) -> None:
         """Standards are data, not weights: kept as non-persistent buffers that follow .to(device)."""

@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.lora import base_layer, effective_weight
+
 
 class Dropout(nn.Dropout):
     """nn.Dropout whose keep-mask on CPU comes from torch.rand_like instead of bernoulli_.
@@ -74,8 +76,9 @@ class STGCBlock(nn.Module):
         """
         B, C_in, T, V = x.shape
         K = self.num_kernels
-        C_out = self.graph_conv.out_channels // K
-        bias = self.graph_conv.bias.view(K, C_out)
+        conv = base_layer(self.graph_conv)  # LoRA (models/lora.py) may wrap it
+        C_out = conv.out_channels // K
+        bias = conv.bias.view(K, C_out)
         if A.dim() == 3:
             G = A if self.mask is None else A * self.mask  # [K, V, W]
             z = torch.matmul(x, G.transpose(0, 1).reshape(V, K * V))  # [B, C_in, T, K·W]
@@ -86,5 +89,5 @@ class STGCBlock(nn.Module):
             bias = torch.einsum("kc,bkw->bcw", bias, A.sum(2)).unsqueeze(2)  # [B, C_out, 1, W]
         else:
             raise ValueError("per-sample graphs [B, K, V, V] go to blocks built with learnable_mask=False")
-        weight = self.graph_conv.weight.view(K, C_out, C_in).permute(1, 2, 0).unsqueeze(2)  # [C_out, C_in, 1, K]
+        weight = effective_weight(self.graph_conv).view(K, C_out, C_in).permute(1, 2, 0).unsqueeze(2)  # [C_out, C_in, 1, K]
         return F.conv2d(z, weight, dilation=(1, V)) + bias

@@ -272,6 +272,7 @@ def test_dry_run_prints_a_json_summary_and_trains_nothing(data, tmp_path):
     params = summary["params"]
     assert all(isinstance(params[k], int) and params[k] > 0 for k in ("stagcn", "projection", "t5", "total"))
     assert params["total"] == params["stagcn"] + params["projection"] + params["t5"]
+    assert params["trainable"] == params["total"]  # T5.FREEZE NONE, no adapters
     assert summary["data"] == {"train_samples": 24, "test_clips": 11}
     assert sorted(p.name for p in cfg.parent.iterdir()) == ["config.yaml"]  # no checkpoint, no logs
 
