@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -80,7 +81,8 @@ def bench_tokenizer(sizes: Sizes):
     return train_caption_tokenizer(caption_corpus(sizes, 3000) + [PRETRAIN_PROMPT, FINETUNE_PROMPT], sizes.vocab)
 
 
-def bench_config(sizes: Sizes, branch: int):
+def bench_config(sizes: Sizes, branch: int, t5_extra: Optional[dict] = None):
+    """The job config of a benchmark model; `t5_extra`: more T5 keys (e.g. LORA, FREEZE)."""
     from engine.config_loader import config_from_dict
 
     return config_from_dict({
@@ -90,7 +92,8 @@ def bench_config(sizes: Sizes, branch: int):
                  "BATCH_SIZE": sizes.batch},
         "TRANSFORMATION": {"REDUCTION_POLICY": "TIME_POOL"},
         "T5": {"D_MODEL": sizes.d_model, "NUM_LAYERS": sizes.layers, "NUM_HEADS": sizes.heads,
-               "D_KV": sizes.d_model // sizes.heads, "D_FF": sizes.d_ff, "VOCAB_SIZE": sizes.vocab},
+               "D_KV": sizes.d_model // sizes.heads, "D_FF": sizes.d_ff, "VOCAB_SIZE": sizes.vocab,
+               **(t5_extra or {})},
     })
 
 
@@ -126,12 +129,15 @@ def random_lengths(n: int, sizes: Sizes, rng: random.Random) -> list[int]:
             for _ in range(n)]
 
 
-def build_model(sizes: Sizes, branch: int, device: torch.device, seed: int = 0):
+def build_model(sizes: Sizes, branch: int, device: torch.device, seed: int = 0, t5_extra: Optional[dict] = None):
+    """(model on `device`, its job config), with the trainer's choice of trainable parameters (T5.FREEZE)."""
     from engine import weights
+    from models.lora import freeze_parameters
 
     torch.manual_seed(seed)
-    cfg = bench_config(sizes, branch)
+    cfg = bench_config(sizes, branch, t5_extra)
     model = weights.build_model(cfg, bench_tokenizer(sizes), standards=standards_for(sizes) if branch == 1 else None)
+    freeze_parameters(model, cfg.T5.FREEZE)
     return model.to(device), cfg
 
 

@@ -29,3 +29,16 @@ def test_quick_bench_writes_every_key_as_a_positive_finite_number(tmp_path):
     assert machine["threads"] >= 1 and machine["torch"] and machine["cpu_model"]
     assert results["settings"]["quick"] is True
     assert "train_samples_per_s.branch0" in proc.stdout  # the printed table
+
+
+def test_quick_lora_bench_reports_each_variant(tmp_path):
+    out = tmp_path / "lora.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.lora", "--quick", "--threads", "1", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["full", "lora_t5", "lora_t5_stagcn"]
+    full, lora = results["full"], results["lora_t5"]
+    assert full["trainable_params"] == full["total_params"]
+    assert lora["trainable_params"] < full["trainable_params"] < lora["total_params"]  # T5 fixed, adapters added
+    assert all(r["step_s"] > 0 and r["peak_rss_mib"] > 0 for r in results.values())
