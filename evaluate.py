@@ -4,6 +4,8 @@
     python evaluate.py --pred preds.json --ann refs.pkl|refs.json [--json out.json]
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH [--data clips.pkl|clip.npy]
                        [--out preds.json] [--motion-type Jab]
+    python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH --data learner.npy --reference ref.npy
+                       [--motion-type Jab]   # your own learner against your own reference (BRANCH 1)
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH [--data clips.pkl] --motion-control
                        # real motion vs each clip's motion swapped within technique / person+technique
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH --export DIR
@@ -50,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     inf.add_argument("--data", help="clips to caption: dataset file or one .npy clip [T, 66] "
                                     "(default: the config's DATA.TEST); scored when every clip has labels")
     inf.add_argument("--out", help="predictions JSON to write (default: <exp>/inference/<checkpoint>_<data>.json)")
+    inf.add_argument("--reference", metavar="REF", help="with --data: caption the learner against this reference "
+                     "motion (.npy [T, 66] or [T, 22, 3], or a one-clip dataset file) instead of the standards file "
+                     "(BRANCH 1 finetuned models)")
     inf.add_argument("--motion-type", help="technique of clips that name none (BRANCH 1 finetuning needs it, "
                                            "e.g. Jab)")
     inf.add_argument("--motion-control", action="store_true",
@@ -105,9 +110,12 @@ def check_args(a: argparse.Namespace) -> None:
     if not a.checkpoint:
         if a.motion_control:
             raise UserError("--motion-control needs --exp results/<exp> --checkpoint latest|best|PATH")
-        for opt in ("data", "out", "motion_type", "batch_size"):
+        for opt in ("data", "out", "motion_type", "batch_size", "reference"):
             if getattr(a, opt) is not None:
                 raise UserError(f"--{opt.replace('_', '-')} needs --checkpoint latest|best|PATH")
+    elif a.reference is not None and (a.data is None or a.motion_control):
+        raise UserError("--reference goes with --data LEARNER (the clips to compare with it), not with "
+                        "--motion-control")
     elif a.motion_control and (a.out or a.plot_attention):
         raise UserError("--motion-control writes its three captionings to <exp>/inference/; not with --out "
                         "or --plot-attention")
@@ -128,7 +136,7 @@ def check_export_args(a: argparse.Namespace) -> None:
 
     if not (a.exp and a.checkpoint):
         raise UserError("--export needs --exp results/<exp> --checkpoint latest|best|PATH")
-    for opt in ("data", "out", "json", "motion_type", "plot_attention", "batch_size"):
+    for opt in ("data", "out", "json", "motion_type", "plot_attention", "batch_size", "reference"):
         if getattr(a, opt) is not None:
             raise UserError(f"--export writes the model only; --{opt.replace('_', '-')} goes with captioning")
     if a.motion_control:
@@ -327,14 +335,17 @@ def summarize_runs(a) -> int:
 
 def run_checkpoint(a, cfg) -> int:
     from engine.prediction import (default_device, generate_captions, labels_state, load_inference_clips,
-                                   load_standards_for)
+                                   load_learner_and_reference, load_standards_for)
     from engine.weights import load_model, resolve_checkpoint
     from metrics.report import format_table, write_json
 
     path = resolve_checkpoint(cfg, a.checkpoint)
-    standards = load_standards_for(cfg)
     data = Path(a.data) if a.data else cfg.path(cfg.DATA.TEST)
-    clips, segment = load_inference_clips(cfg, data, standards, a.motion_type)
+    if a.reference:  # the user's own learner and reference: no standards file
+        clips, segment, standards = load_learner_and_reference(cfg, data, Path(a.reference), a.motion_type)
+    else:
+        standards = load_standards_for(cfg)
+        clips, segment = load_inference_clips(cfg, data, standards, a.motion_type)
     labels = labels_state(clips)
     if a.motion_control and labels != "all":
         raise UserError(f"--motion-control scores against the clips' labels: {data} has clips without 'labels'")

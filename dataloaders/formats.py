@@ -24,7 +24,7 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write_bytes
-from common.skeleton import COORD_DIM
+from common.skeleton import COORD_DIM, N_JOINTS
 from dataloaders.validation import entry_where, validate_clips
 
 
@@ -196,14 +196,15 @@ def _read_npy(path: Path, max_frames) -> np.ndarray:
     return data.reshape(shape, order="F" if fortran_order else "C")
 
 
-def load_clips(path, max_frames: int | None = None) -> list[dict]:
-    """Clips of a `.pkl`/`.pt`/`.pth`/`.npy` file as a list of dicts; coordinates as float32 tensors.
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pk")
 
-    `max_frames` (DATA.MAX_FRAMES; None: no limit) refuses longer 'coordinates'/'subtraction' before they
-    are converted. Not validated beyond that: call `validation.validate_clips` (or `datasets.load_dataset`)."""
+
+def read_data_file(path, max_frames: int | None = None):
+    """What a `.pkl`/`.pk`/`.pt`/`.pth` file holds, read safely (whitelisted globals, weights_only), or a `.npy`
+    file as {"video_name": its stem, "coordinates": the array}. Every failure is one UserError naming the file."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".pkl", ".pickle", ".pt", ".pth", ".npy"):
+    if suffix not in (*PICKLE_SUFFIXES, ".pt", ".pth", ".npy"):
         raise UserError(f"{path}: unsupported file type {suffix!r}, expected .pkl, .pt, .pth or .npy")
     try:  # Python 3.11's exists() raises PermissionError inside an unreadable folder
         found, regular = path.exists(), path.is_file()
@@ -214,18 +215,27 @@ def load_clips(path, max_frames: int | None = None) -> list[dict]:
     if not regular:
         raise UserError(f"{path}: not a regular file")
     try:
-        if suffix in (".pkl", ".pickle"):
-            obj = _read_pickle(path)
-        elif suffix in (".pt", ".pth"):
-            obj = _torch_load(path)
-        else:
-            obj = {"video_name": path.stem, "coordinates": _read_npy(path, max_frames)}
+        if suffix in PICKLE_SUFFIXES:
+            return _read_pickle(path)
+        if suffix in (".pt", ".pth"):
+            return _torch_load(path)
+        return {"video_name": path.stem, "coordinates": _read_npy(path, max_frames)}
     except UserError:
         raise
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or _first_line(e)})") from None
     except Exception as e:  # truncated/corrupt file, or content the restricted torch loader refused
         raise UserError(f"{path}: unreadable or corrupt {suffix} file ({_first_line(e)})") from None
+
+
+def load_clips(path, max_frames: int | None = None) -> list[dict]:
+    """Clips of a `.pkl`/`.pt`/`.pth`/`.npy` file as a list of dicts; coordinates as float32 tensors [T, 66]
+    (given as [T, 22, 3] they are flattened joint by joint: x, y, z of joint 0, then joint 1, …).
+
+    `max_frames` (DATA.MAX_FRAMES; None: no limit) refuses longer 'coordinates'/'subtraction' before they
+    are converted. Not validated beyond that: call `validation.validate_clips` (or `datasets.load_dataset`)."""
+    path = Path(path)
+    obj = read_data_file(path, max_frames)
 
     if isinstance(obj, dict):  # a single clip
         obj = [obj]
@@ -242,6 +252,9 @@ def load_clips(path, max_frames: int | None = None) -> list[dict]:
         for key in ("coordinates", "subtraction"):
             if clip.get(key) is not None:
                 clip[key] = _to_float_tensor(clip[key], where, key, max_frames)
+        coords = clip.get("coordinates")
+        if isinstance(coords, torch.Tensor) and coords.dim() == 3 and tuple(coords.shape[1:]) == (N_JOINTS, 3):
+            clip["coordinates"] = coords.reshape(len(coords), COORD_DIM)  # [T, 22, 3] -> [T, 66]
     return clips
 
 

@@ -172,6 +172,30 @@ def load_inference_clips(cfg: Config, path: Path, standards: Optional[dict] = No
     return clips, segment
 
 
+def load_learner_and_reference(cfg: Config, learner: Path, reference: Path,
+                               motion_type: Optional[str] = None) -> tuple[list[dict], str, dict]:
+    """(clips, segment, standards) to caption every clip of `learner` against the one clip of `reference`
+    (a BRANCH 1 model, no standards file). A clip keeps its technique unless `motion_type` is given (retrieval
+    groups by it); one with none is called 'reference'. The standard's window is always searched: the data's
+    segment keys, if any, point into the training standards, not into this reference."""
+    if cfg.BRANCH != 1 or cfg.TASK.PRETRAIN:
+        raise UserError(f"--reference: this experiment's model is BRANCH {cfg.BRANCH}"
+                        f"{' pretraining' if cfg.TASK.PRETRAIN else ''}; only a BRANCH 1 finetuned model compares "
+                        "the learner with a reference")
+    refs = load_clips(reference, cfg.DATA.MAX_FRAMES)
+    if len(refs) != 1:
+        raise UserError(f"--reference {reference}: holds {len(refs)} clips, expected one reference motion")
+    validate_clips(refs, reference, require_labels=False)
+    clips = load_clips(learner, cfg.DATA.MAX_FRAMES)
+    for clip in clips:
+        if isinstance(clip, dict):
+            clip["motion_type"] = motion_type or clip.get("motion_type") or "reference"
+    standards = {c["motion_type"]: refs[0]["coordinates"] for c in clips if isinstance(c, dict)}
+    validate_clips(clips, learner, require_labels=False, require_motion_type=False, standards=standards,
+                   segment="NONE", require_subtraction=False)
+    return clips, "NONE", standards
+
+
 def labels_state(clips: list[dict]) -> str:
     """'all' when every clip has labels, 'none' when none has, else 'some'."""
     n = sum(1 for c in clips if c.get("labels"))

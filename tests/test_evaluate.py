@@ -426,3 +426,49 @@ def test_summary_with_baselines_and_bad_folders(data, tmp_path, capsys):
     assert "6 of 6 test clip(s) have no training clip of their person" in out  # synthetic names: no person id
     assert evaluate.main(["--summary", str(tmp_path)]) == EXIT_USER_ERROR
     assert "no config_resolved.yaml" in capsys.readouterr().err
+
+
+def test_own_learner_against_own_reference_is_the_standards_path_with_that_reference(data, tmp_path):
+    """`--data learner --reference ref`: the learner ([T, 22, 3] accepted) is compared with the user's reference
+    exactly as with a standards file holding it; the data's segment keys are never used for it."""
+    import torch
+
+    from dataloaders.formats import load_clips, load_standards
+    from engine.prediction import generate_captions, load_inference_clips, load_learner_and_reference
+    from tests.helpers import tiny_config, tiny_model
+
+    cfg = tiny_config(BRANCH=1, TASK={"PRETRAIN": False})
+    clip = load_clips(data["test"])[0]
+    learner, reference = tmp_path / "me.npy", tmp_path / "coach.npy"
+    np.save(learner, clip["coordinates"].numpy().reshape(-1, 22, 3))
+    np.save(reference, load_standards(data["standard"])["Cross"].numpy())
+    clips, segment, standards = load_learner_and_reference(cfg, learner, reference, "Jab")
+    assert segment == "NONE" and clips[0]["motion_type"] == "Jab" and list(standards) == ["Jab"]
+    assert torch.equal(clips[0]["coordinates"], clip["coordinates"])
+    model = tiny_model(cfg, standards=standards).eval()
+    own = generate_captions(model, clips, cfg, segment, 4, torch.device("cpu"))["me"]
+    # the same through a standards file whose Jab is the user's reference
+    as_standard = {"Jab": standards["Jab"]}
+    model.set_standards(as_standard)
+    same, _ = load_inference_clips(cfg, learner, as_standard, motion_type="Jab")
+    assert generate_captions(model, same, cfg, "NONE", 4, torch.device("cpu"))["me"] == own
+    with torch.no_grad():  # and the reference is read: another one changes the decoder's input
+        from dataloaders.datasets import collate, EvalDataset
+
+        batch = collate([EvalDataset(clips)[0]])
+        tokens = model.encode(batch)[0]
+        model.set_standards({"Jab": load_standards(data["standard"])["Jab"]})
+        assert not torch.allclose(model.encode(batch)[0], tokens)
+    unnamed, _, standards = load_learner_and_reference(cfg, learner, reference)
+    assert unnamed[0]["motion_type"] == "reference" and list(standards) == ["reference"]
+    with pytest.raises(UserError, match=r"--reference: this experiment's model is BRANCH 0 pretraining"):
+        load_learner_and_reference(tiny_config(), learner, reference)
+    with pytest.raises(UserError, match=r"holds 6 clips, expected one reference motion"):
+        load_learner_and_reference(cfg, learner, data["test"])
+
+
+def test_reference_needs_a_checkpoint_and_a_learner(exp, tmp_path):
+    res = run("--exp", exp, "--reference", tmp_path / "ref.npy")
+    assert res.returncode == 2 and "--reference needs --checkpoint" in res.stderr, explain(res)
+    res = run("--exp", exp, "--checkpoint", "latest", "--reference", tmp_path / "ref.npy")
+    assert res.returncode == 2 and "--reference goes with --data LEARNER" in res.stderr, explain(res)
