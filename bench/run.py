@@ -40,7 +40,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -115,6 +115,8 @@ def parse_args(argv=None):
                    "(default: all CPUs of this machine)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="TRAIN.PRECISION of the models (auto: fp32 on CPU; bf16 autocasts on CPU too)")
     p.add_argument("--profile", action="store_true", help="also write a torch.profiler report next to --out")
     return p.parse_args(argv)
 
@@ -127,7 +129,7 @@ def main(argv=None) -> dict:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = args.threads or (1 if args.quick else usable)  # --quick: no thread contention on a busy machine
     torch.set_num_threads(threads)
-    sizes = QUICK if args.quick else Sizes()
+    sizes = replace(QUICK if args.quick else Sizes(), precision=args.precision)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -52,6 +52,7 @@ class Sizes:
     scaling_iters: int = 4
     memory_frames: int = 96
     memory_batches: tuple = (4, 16)
+    precision: str = "auto"  # TRAIN.PRECISION of every model built here
 
 
 QUICK = Sizes(hidden=4, out=16, d_model=32, layers=2, heads=4, d_ff=64, vocab=300, batch=2, min_frames=8,
@@ -90,7 +91,7 @@ def bench_config(sizes: Sizes, branch: int, t5_extra: Optional[dict] = None):
         "TASK": {"PRETRAIN": branch != 1},  # branch 1 = finetuning against the standards
         "DATA": {"TRAIN": "bench", "TEST": "bench", "STANDARD": "bench" if branch == 1 else None,
                  "BATCH_SIZE": sizes.batch},
-        "TRANSFORMATION": {"REDUCTION_POLICY": "TIME_POOL"},
+        "TRANSFORMATION": {"REDUCTION_POLICY": "TIME_POOL"}, "TRAIN": {"PRECISION": sizes.precision},
         "T5": {"D_MODEL": sizes.d_model, "NUM_LAYERS": sizes.layers, "NUM_HEADS": sizes.heads,
                "D_KV": sizes.d_model // sizes.heads, "D_FF": sizes.d_ff, "VOCAB_SIZE": sizes.vocab,
                **(t5_extra or {})},

@@ -112,7 +112,8 @@ class OptimizerConfig:
 
 @dataclass
 class TrainConfig:
-    PRECISION: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a CUDA GPU that has it natively, else fp32
+    # auto: bf16 on a CUDA GPU that has it natively, else fp32 (on CPU always fp32); bf16 also on CPU (AMX/AVX512-BF16)
+    PRECISION: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     SANITY_EVAL: bool = True  # evaluate the untrained/loaded model before the first epoch
     LOG_EVERY: int = key(10, Range(1, 10**9))  # optimizer steps between tensorboard scalars
     MAX_BAD_STEPS: int = key(5, Range(0, 1000000))  # consecutive non-finite losses tolerated (step skipped) before aborting

@@ -10,6 +10,7 @@ from engine.config import Config
 
 log = logging.getLogger("motion2text")
 _warned_fp16_t5 = False
+_warned_cpu = False
 
 
 def native_bf16() -> bool:
@@ -20,13 +21,33 @@ def native_bf16() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
+def native_cpu_bf16() -> bool:
+    """bf16 matrix instructions on this CPU (AVX512-BF16 or AMX); without them bf16 autocast is emulated."""
+    # torch exposes these checks only as private helpers of torch.cpu; absent ones count as no support.
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
 def autocast_dtype(cfg: Config, device: torch.device) -> Optional[torch.dtype]:
-    """None (fp32) on CPU and for fp32; `auto` is bf16 where the GPU has it natively, else fp32; fp16 only when
-    asked, and never for a pretrained T5, whose activations overflow fp16 (it runs in fp32, with a warning)."""
-    global _warned_fp16_t5
+    """None (fp32) for fp32; `auto` is bf16 where a GPU has it natively, else fp32 (CPU: always fp32, the
+    published numerics); `bf16` autocasts on a GPU or CPU (on a CPU without bf16 instructions it is emulated and
+    slow: a warning); fp16 (GPU only) never for a pretrained T5, whose activations overflow fp16 (it runs in
+    fp32, with a warning)."""
+    global _warned_fp16_t5, _warned_cpu
     precision = cfg.TRAIN.PRECISION
-    if device.type != "cuda" or precision == "fp32":
-        return None  # CPU trains in fp32: bf16 autocast on CPU is slower here and changes numerics
+    if precision == "fp32":
+        return None
+    if device.type != "cuda":
+        if precision == "bf16":
+            if not native_cpu_bf16() and not _warned_cpu:
+                log.warning("TRAIN.PRECISION bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX): emulated, "
+                            "likely slower than fp32")
+                _warned_cpu = True
+            return torch.bfloat16
+        if precision == "fp16" and not _warned_cpu:
+            log.warning("TRAIN.PRECISION fp16 is for GPUs; on the CPU this run uses fp32")
+            _warned_cpu = True
+        return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
