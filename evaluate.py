@@ -11,6 +11,7 @@
     python evaluate.py --exp results/<exp> --checkpoint latest|best|PATH --export DIR
                        # weights (safetensors), model config, tokenizer, decoding settings, model card
     python evaluate.py --exp results/<exp> --plot-curves curves.png   # losses, CIDEr and BLEU-4 per epoch
+    python evaluate.py --exp results/<exp> [--checkpoint C] [--data F] --report DIR   # a coaching report page
     python evaluate.py --summary RUN_DIR [RUN_DIR ...] [--baselines]   # mean ± std over seeds, one table
     any of them: [--no-meteor] [--spice] [--bertscore]; with --exp: [--plot-attention DIR [--epoch N]]
 
@@ -79,6 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     plot.add_argument("--epoch", type=int, help="epoch whose attention to draw (default: best CIDEr, else the "
                                                 "latest with attention files); not with --checkpoint")
     plot.add_argument("--max-plots", type=int, default=0, help="draw at most this many clips (0: all)")
+    p.add_argument("--report", metavar="DIR", help="with --exp [--checkpoint C] [--data F]: a coaching report page "
+                   "DIR/index.html (metrics, baselines, motion control, curves; per clip an animated skeleton with "
+                   "its attention, the instruction, the references and which motion tokens each word read); "
+                   "--max-plots N limits the clips shown")
     p.add_argument("--plot-curves", metavar="FILE.png",
                    help="with --exp alone: draw the training and validation loss and CIDEr/BLEU-4 per epoch from "
                         "the files training wrote into one new PNG; nothing is scored")
@@ -86,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_args(a: argparse.Namespace) -> None:
+    if a.report is not None:
+        check_report_args(a)
+        return
     if a.plot_curves is not None:
         check_plot_curves_args(a)
     if a.summary:
@@ -142,6 +150,19 @@ def check_export_args(a: argparse.Namespace) -> None:
     if a.motion_control:
         raise UserError("--export writes the model only; --motion-control goes with captioning")
     check_export_dir(Path(a.export))
+
+
+def check_report_args(a: argparse.Namespace) -> None:
+    if not a.exp:
+        raise UserError("--report needs --exp results/<exp> (and optionally --checkpoint, --data)")
+    for opt in ("pred", "summary", "json", "plot_attention", "baselines", "motion_control", "export", "out",
+                "reference", "plot_curves"):
+        if getattr(a, opt):
+            raise UserError(f"--report writes one page; not with --{opt.replace('_', '-')}")
+    folder = Path(a.report)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UserError(f"--report {folder}: exists and is not an empty folder; give a new folder (nothing is "
+                        "ever replaced)")
 
 
 def check_plot_curves_args(a: argparse.Namespace) -> None:
@@ -380,6 +401,29 @@ def run_checkpoint(a, cfg) -> int:
     return 0
 
 
+def write_report(a, cfg) -> int:
+    from dataloaders.formats import load_clips
+    from engine.coaching_report import write_coaching_report
+    from engine.prediction import default_device, labels_state, load_inference_clips, load_standards_for
+    from engine.weights import load_model, resolve_checkpoint
+    from metrics.report import read_experiment_metrics
+
+    spec = a.checkpoint or ("best" if read_experiment_metrics(cfg.logdir) else "latest")
+    path = resolve_checkpoint(cfg, spec)
+    standards = load_standards_for(cfg)
+    data = Path(a.data) if a.data else cfg.path(cfg.DATA.TEST)
+    clips, segment = load_inference_clips(cfg, data, standards, a.motion_type)
+    scorer = make_scorer(a, cfg.EVAL.METEOR) if labels_state(clips) == "all" else None
+    train = cfg.path(cfg.DATA.TRAIN)
+    train_clips = load_clips(train, cfg.DATA.MAX_FRAMES) if train is not None and train.is_file() else None
+    device = default_device()
+    model, _ = load_model(cfg, path, device, standards)
+    page = write_coaching_report(Path(a.report), model, path, cfg, clips, segment, data, scorer,
+                                 a.batch_size or cfg.DATA.EVAL_BATCH_SIZE, device, a.max_plots, train_clips)
+    print(f"wrote {page} (open it in a browser; every asset is in {page.parent})")
+    return 0
+
+
 def export_model(a, cfg) -> int:
     from engine.export import export_checkpoint
     from engine.weights import resolve_checkpoint
@@ -434,6 +478,8 @@ def mode_of(a: argparse.Namespace) -> str:
         return "summary"
     if a.pred:
         return "score-file"
+    if a.report is not None:
+        return "report"
     if a.plot_curves is not None:
         return "curves"
     if a.export is not None:
@@ -443,7 +489,7 @@ def mode_of(a: argparse.Namespace) -> str:
 
 # The modes: those that read files alone, and those that read an experiment's config first.
 WITHOUT_CONFIG = {"summary": summarize_runs, "score-file": score_predictions_file}
-WITH_CONFIG = {"curves": plot_training_curves, "export": export_model,
+WITH_CONFIG = {"curves": plot_training_curves, "export": export_model, "report": write_report,
                "caption": run_checkpoint,  # also --motion-control and --plot-attention on new captions
                "score-experiment": score_experiment}  # also --baselines and --plot-attention on saved ones
 

@@ -30,13 +30,19 @@ def aligned_standard_window(learner_emb: torch.Tensor, frame_mask: torch.Tensor,
     the standard of each sample. The start comes from the data's segment (learner frame a ↔ standard
     frame b, so start = b − a, clamped at 0) or from the sliding-window search on joint-averaged embeddings.
     """
+    start = window_start(learner_emb, frame_mask, standard_emb, standard_lengths, which, segment_start,
+                         std_segment_start)
+    return gather_window(standard_emb, standard_lengths, which, start, learner_emb.shape[1])
+
+
+def window_start(learner_emb: torch.Tensor, frame_mask: torch.Tensor, standard_emb: torch.Tensor,
+                 standard_lengths: torch.Tensor, which: torch.Tensor, segment_start: Optional[torch.Tensor] = None,
+                 std_segment_start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[B] the standard frame each learner clip's frame 0 is matched with (see aligned_standard_window)."""
     if segment_start is not None:
         start = (std_segment_start - segment_start).clamp(min=0)
-        start = torch.minimum(start, standard_lengths[which] - 1)
-    else:
-        start = best_window_start(learner_emb.mean(2), frame_mask, standard_emb.mean(2)[which],
-                                  standard_lengths[which])
-    return gather_window(standard_emb, standard_lengths, which, start, learner_emb.shape[1])
+        return torch.minimum(start, standard_lengths[which] - 1)
+    return best_window_start(learner_emb.mean(2), frame_mask, standard_emb.mean(2)[which], standard_lengths[which])
 
 
 def fuse_with_standard(learner_emb: torch.Tensor, standard_window: torch.Tensor, frame_mask: torch.Tensor,

@@ -186,11 +186,8 @@ class CaptionScorer:
         keys = tuple(k for k in METRIC_KEYS if self.meteor or k != "METEOR")
         return keys + ((SPICE_KEY,) if self.spice else ()) + ((BERTSCORE_KEY,) if self.bertscore else ())
 
-    def score(self, predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-        from pycocoevalcap.bleu.bleu import Bleu
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.rouge.rouge import Rouge
-
+    def _tokenized(self, predictions: dict[str, str], references: dict[str, list[str]]):
+        """(sanitised predictions, usable references, {id: [reference tokens]}, {id: [prediction tokens]})."""
         require_java()
         ids = _check_inputs(predictions, references)
         preds = [sanitize_caption(predictions[i]) for i in ids]
@@ -198,6 +195,22 @@ class CaptionScorer:
         tokens = ptb_tokenize(preds + [r for rs in refs for r in rs], self.ptb_timeout_s)
         res = {i: [tokens[k]] for k, i in enumerate(ids)}
         gts, refs = _usable_references(ids, refs, tokens[len(ids):])
+        return preds, refs, gts, res
+
+    def per_clip_cider(self, predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+        """Each clip's CIDEr (0-100 scale) with the document frequencies of the whole set, as in `score`."""
+        from pycocoevalcap.cider.cider import Cider
+
+        _, _, gts, res = self._tokenized(predictions, references)
+        _, scores = Cider().compute_score(gts, res)
+        return {i: 100.0 * float(v) for i, v in zip(gts, scores)}
+
+    def score(self, predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        preds, refs, gts, res = self._tokenized(predictions, references)
 
         out: dict[str, float] = {}
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)

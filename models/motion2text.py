@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from alignment.reference import aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width
+from alignment.reference import (aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width,
+                                 window_start)
 from dataloaders.features import face_forward, skeleton_features
 from models.lora import ENCODER_MODULES, add_adapters
 from models.config import Generation, MotionToTextConfig
@@ -220,6 +221,33 @@ class MotionToText(nn.Module):
         return inputs.masked_fill(drop, tok.unk_token_id)
 
     @torch.no_grad()
+    @torch.no_grad()
+    def standard_window_starts(self, batch: dict) -> Optional[torch.Tensor]:
+        """[B] the standard frame matched with each clip's first frame (BRANCH 1 finetuning), else None: which
+        part of the standard the model compared the learner with."""
+        if self.branch != 1 or self.pretrain:
+            return None
+        coords, frame_mask = self.input_coordinates(batch["coordinates"]), batch["frame_mask"]
+        emb = self.encoder(skeleton_features(coords), frame_mask)[0]
+        standard_emb, lengths, which = self.embed_standards(batch["motion_types"])
+        segment = (batch["segment_start"], batch["std_segment_start"]) if self.use_data_segment else (None, None)
+        return window_start(emb, frame_mask, standard_emb, lengths, which, *segment)
+
+    @torch.no_grad()
+    def cross_attention(self, batch: dict, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label ids [B, L] (prompt + caption + eos, -100 padding), the decoder's attention over T5's input
+        tokens while writing each of them [B, L, N], the mean over layers and heads). Teacher-forced on
+        `captions`: for the model's own greedy captions it is the attention generation used."""
+        tokens, token_mask, _, _ = self.encode(batch)
+        labels = self.codec.encode_targets(captions).to(tokens.device)
+        fast = self.t5.config._attn_implementation  # SDPA returns no attention weights: eager for this pass
+        self.t5.set_attn_implementation("eager")
+        try:
+            out = self.t5(inputs_embeds=tokens, attention_mask=token_mask.long(), labels=labels, output_attentions=True)
+        finally:
+            self.t5.set_attn_implementation(fast)
+        return labels, torch.stack(out.cross_attentions).float().mean(dim=(0, 2))
+
     def generate(self, batch: dict,
                  gen: Optional[Generation] = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """Batched decoding (default: the config's settings); the prompt is the decoder prefix and is stripped
