@@ -301,13 +301,12 @@ def draw_cells(rows: dict, keys) -> dict:
 
 def plot_epoch(a, cfg, best) -> None:
     from dataloaders.formats import load_clips
+    from engine.prediction import read_epoch_attention
     from metrics.attention_plot import plot_attention_set
     from metrics.report import epoch_result_files, read_json
 
     jsons = cfg.logdir / "jsons"
-    with_att = [e for e in epoch_result_files(jsons)
-                if (jsons / f"att_node_results_epoch{e}.json").is_file()
-                and (jsons / f"att_A_results_epoch{e}.json").is_file()]
+    with_att = [e for e in epoch_result_files(jsons) if read_epoch_attention(jsons, e) is not None]
     if a.epoch is not None:
         if a.epoch not in with_att:
             raise UserError(f"--epoch {a.epoch}: no results/attention files for it in {jsons} "
@@ -318,10 +317,10 @@ def plot_epoch(a, cfg, best) -> None:
     elif with_att:
         epoch = with_att[-1]
     else:
-        raise UserError(f"{jsons}: no att_node_results_epoch*.json / att_A_results_epoch*.json to draw")
+        raise UserError(f"{jsons}: no attention_epoch*.npz or att_node/att_A_results_epoch*.json to draw "
+                        "(EVAL.SAVE_ATTENTION: NONE?)")
     captions = read_json(jsons / f"results_epoch{epoch}.json", "predictions")
-    att_node = read_json(jsons / f"att_node_results_epoch{epoch}.json", "attention")
-    att_A = read_json(jsons / f"att_A_results_epoch{epoch}.json", "attention")
+    att_node, att_A = read_epoch_attention(jsons, epoch)
     clips = {c["video_name"]: c for c in load_clips(cfg.path(cfg.DATA.TEST)) if isinstance(c, dict)}
     names = [n for n in att_node if n in att_A and n in clips]
     if not names:

@@ -131,6 +131,9 @@ class EvalConfig:
     METEOR: bool = True  # METEOR needs Java and loads a large paraphrase table once per process
     SCORE: bool = True  # False: only write predictions (a node without Java); score later with evaluate.py --exp
     EARLY_STOP_PATIENCE: int = key(0, Range(0, 100000))  # stop after N evaluations without a better CIDEr; 0 = train every epoch
+    # Node attention and learned graphs of every evaluated clip: NPZ, one float16 attention_epochN.npz per epoch
+    # (~10x smaller than JSON); JSON, the original's two files per epoch; NONE.
+    SAVE_ATTENTION: Literal["NPZ", "JSON", "NONE"] = "NPZ"
 
 
 @dataclass

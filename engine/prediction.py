@@ -6,15 +6,18 @@ over fixed TCP ports); results are gathered to rank 0 with gather_object.
 """
 from __future__ import annotations
 
+import io
 import logging
+import zipfile
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from common.errors import UserError, sample_names
-from common.files import atomic_write_json
+from common.files import atomic_write_bytes, atomic_write_json
 from dataloaders.datasets import EvalDataset, collate
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.retrieval import retrieval_prompts
@@ -26,6 +29,7 @@ from engine.distributed import DistInfo, gather_objects
 from engine.logs import Progress
 from engine.precision import autocast_dtype
 from engine.weights import build_model
+from metrics.report import read_json
 from models.config import Generation
 from models.motion2text import MotionToText
 from models.projection import token_spread
@@ -41,8 +45,8 @@ def move_batch(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_size: int, gen: Optional[Generation],
             num_workers: int = 0, autocast_dtype: Optional[torch.dtype] = None) -> dict[str, dict]:
-    """{video_name: {"caption", "att_node" [T][22], "att_A" [4][22][22]}} for every clip on rank 0; {} on the
-    other ranks (collective: every rank captions its shard)."""
+    """{video_name: {"caption", "att_node" [T, 22], "att_A" [4, 22, 22] (float32 arrays)}} for every clip on rank
+    0; {} on the other ranks (collective: every rank captions its shard)."""
     sampler = ShardedEvalSampler(len(dataset), dist.world_size, dist.rank, lengths=dataset.lengths)
     # Its own generator: evaluating never advances the global RNG, so resumed runs match uninterrupted ones.
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
@@ -57,9 +61,8 @@ def predict(model: MotionToText, dataset: EvalDataset, dist: DistInfo, batch_siz
             captions, att_node, att_A = model.generate(batch, gen)
         for i, name in enumerate(batch["video_names"]):  # per-clip JSON records; the model work is batched
             length = int(batch["lengths"][i])
-            local[name] = {"caption": captions[i],
-                           "att_node": att_node[i, 0, :length].float().cpu().numpy().round(5).tolist(),
-                           "att_A": att_A[i].float().cpu().numpy().round(5).tolist()}
+            local[name] = {"caption": captions[i], "att_node": att_node[i, 0, :length].float().cpu().numpy(),
+                           "att_A": att_A[i].float().cpu().numpy()}
         progress.update()
     progress.close()
     model.train(was_training)
@@ -118,15 +121,59 @@ def references_of(dataset: EvalDataset) -> dict[str, list[str]]:
     return {c["video_name"]: list(c.get("labels", [])) for c in dataset.clips}
 
 
-def write_predictions(folder: Path, epoch: int, predictions: dict[str, dict]) -> Path:
-    """jsons/results_epoch{N}.json ({video_name: caption}) plus the two attention files, each written atomically
-    (the captions last: a results file on disk means its attention files are complete)."""
+ATTENTION_FORMATS = ("NPZ", "JSON", "NONE")
+
+
+def write_predictions(folder: Path, epoch: int, predictions: dict[str, dict], attention: str = "NPZ") -> Path:
+    """jsons/results_epoch{N}.json ({video_name: caption}) and the attention (EVAL.SAVE_ATTENTION): NPZ, one
+    `attention_epoch{N}.npz` of float16 arrays `node/<clip>` [T, 22] and `graph/<clip>` [4, 22, 22]; JSON, the
+    original's `att_node_results_epoch{N}.json` / `att_A_results_epoch{N}.json` (5 decimals); NONE. Each file is
+    written atomically, the captions last: a results file on disk means its attention files are complete."""
+    if attention not in ATTENTION_FORMATS:
+        raise ValueError(f"attention format {attention!r}: expected one of {', '.join(ATTENTION_FORMATS)}")
     folder.mkdir(parents=True, exist_ok=True)
     results = folder / f"results_epoch{epoch}.json"
-    for name, key in ((f"att_node_results_epoch{epoch}.json", "att_node"),
-                      (f"att_A_results_epoch{epoch}.json", "att_A"), (results.name, "caption")):
-        atomic_write_json(folder / name, {k: v[key] for k, v in predictions.items()}, indent=None)
+    if attention == "NPZ":
+        arrays = {f"{kind}/{name}": np.asarray(p[key], dtype=np.float16) for name, p in predictions.items()
+                  for kind, key in (("node", "att_node"), ("graph", "att_A"))}
+        atomic_write_bytes(folder / f"attention_epoch{epoch}.npz", npz_bytes(arrays))
+    elif attention == "JSON":
+        for name, key in ((f"att_node_results_epoch{epoch}.json", "att_node"),
+                          (f"att_A_results_epoch{epoch}.json", "att_A")):
+            atomic_write_json(folder / name, {k: np.asarray(v[key]).round(5).tolist() for k, v in predictions.items()},
+                              indent=None)
+    atomic_write_json(results, {k: v["caption"] for k, v in predictions.items()}, indent=None)
     return results
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed .npz that np.load reads, byte-for-byte the same for the same arrays: numpy.savez stamps each
+    member with the current time, which would make two identical evaluations differ."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue(),
+                             compress_type=zipfile.ZIP_DEFLATED)
+    return buf.getvalue()
+
+
+def read_epoch_attention(folder: Path, epoch: int) -> Optional[tuple[dict, dict]]:
+    """({clip: att_node [T, 22]}, {clip: att_A [4, 22, 22]}) saved for an epoch in either format, else None."""
+    npz = folder / f"attention_epoch{epoch}.npz"
+    if npz.is_file():
+        try:
+            with np.load(npz, allow_pickle=False) as data:
+                node = {k.split("/", 1)[1]: data[k].astype(np.float32) for k in data.files if k.startswith("node/")}
+                graph = {k.split("/", 1)[1]: data[k].astype(np.float32) for k in data.files if k.startswith("graph/")}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise UserError(f"{npz}: unreadable attention file ({e})") from None
+        return node, graph
+    node_json, graph_json = folder / f"att_node_results_epoch{epoch}.json", folder / f"att_A_results_epoch{epoch}.json"
+    if node_json.is_file() and graph_json.is_file():
+        return read_json(node_json, "attention"), read_json(graph_json, "attention")
+    return None
 
 
 # ---- data ----------------------------------------------------------------------------------------

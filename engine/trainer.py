@@ -195,7 +195,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         try:  # each file atomically: a full disk leaves the earlier epochs' files whole, and training goes on
-            write_predictions(self.jsons, epoch, preds)
+            write_predictions(self.jsons, epoch, preds, self.cfg.EVAL.SAVE_ATTENTION)
         except OSError as e:
             log.error("epoch %d: cannot write the predictions to %s (%s); the epoch's checkpoint does not depend "
                       "on them", epoch, self.jsons, e.strerror or e)

@@ -925,11 +925,11 @@ def test_prediction_files_are_written_atomically_captions_last(tmp_path, monkeyp
     from engine.prediction import write_predictions
 
     preds = {"a": {"caption": "x", "att_node": [[0.5]], "att_A": [[[1.0]]]}}
-    write_predictions(tmp_path, 1, preds)
+    write_predictions(tmp_path, 1, preds, "JSON")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     fill_disk_at(monkeypatch, 2)  # the second file of epoch 2 (att_A) hits a full disk
     with pytest.raises(OSError):
-        write_predictions(tmp_path, 2, {"a": {**preds["a"], "caption": "y"}})
+        write_predictions(tmp_path, 2, {"a": {**preds["a"], "caption": "y"}}, "JSON")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()
             if "epoch1" in p.name} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "att_node_results_epoch2.json"])
@@ -962,3 +962,30 @@ def test_a_checkpoint_with_a_valid_digest_but_a_malformed_tokenizer_is_one_line(
               env=cli_env())
     assert res.returncode == EXIT_USER_ERROR and res.stderr.count("error:") == 1, explain(res)
     assert "not a valid tokenizer" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_attention_is_saved_as_float16_npz_by_default_reproducibly_and_read_back_in_either_format(tmp_path):
+    import numpy as np
+
+    from engine.prediction import read_epoch_attention, write_predictions
+
+    g = np.random.default_rng(0)
+    preds = {f"clip{i}": {"caption": f"c{i}", "att_node": g.random((30 + i, 22), dtype=np.float32),
+                          "att_A": g.random((4, 22, 22), dtype=np.float32)} for i in range(3)}
+    npz, as_json, none = tmp_path / "npz", tmp_path / "json", tmp_path / "none"
+    write_predictions(npz, 1, preds)
+    write_predictions(as_json, 1, preds, "JSON")
+    write_predictions(none, 1, preds, "NONE")
+    assert sorted(p.name for p in npz.iterdir()) == ["attention_epoch1.npz", "results_epoch1.json"]
+    assert sorted(p.name for p in none.iterdir()) == ["results_epoch1.json"] and read_epoch_attention(none, 1) is None
+    first = (npz / "attention_epoch1.npz").read_bytes()
+    write_predictions(npz, 1, preds)
+    assert (npz / "attention_epoch1.npz").read_bytes() == first  # no timestamps: reruns compare equal
+    node, graph = read_epoch_attention(npz, 1)
+    node_j, graph_j = read_epoch_attention(as_json, 1)
+    for name, p in preds.items():
+        np.testing.assert_allclose(node[name], p["att_node"], rtol=1e-3, atol=1e-4)  # float16
+        np.testing.assert_allclose(graph[name], p["att_A"], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(node_j[name]), p["att_node"], atol=1e-5)
+    json_bytes = sum(p.stat().st_size for p in as_json.iterdir() if p.name.startswith("att_"))
+    assert (npz / "attention_epoch1.npz").stat().st_size * 3 < json_bytes

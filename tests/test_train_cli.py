@@ -82,16 +82,17 @@ def test_torchrun_two_processes_writes_every_artifact(run_2p, data, test_names):
     assert not any(k.startswith("module.") for k in state["model"])  # unwrapped from DDP
     assert state["config"]["OPTIMIZER"]["MAX_EPOCH"] == 2
 
+    from engine.prediction import read_epoch_attention
+
     jsons = exp / "jsons"
     for epoch in (0, 1, 2):  # sanity evaluation before training, then the checkpoint schedule
         results = read_json(jsons / f"results_epoch{epoch}.json")
         assert sorted(results) == test_names  # every test clip exactly once across the two ranks
         assert all(isinstance(c, str) for c in results.values())
-        att_node = read_json(jsons / f"att_node_results_epoch{epoch}.json")
-        att_A = read_json(jsons / f"att_A_results_epoch{epoch}.json")
+        att_node, att_A = read_epoch_attention(jsons, epoch)  # attention_epochN.npz (EVAL.SAVE_ATTENTION NPZ)
         assert sorted(att_node) == sorted(att_A) == test_names
         some = test_names[0]
-        assert len(att_node[some][0]) == 22 and len(att_A[some]) == 4 and len(att_A[some][0]) == 22
+        assert att_node[some].shape[1] == 22 and att_A[some].shape == (4, 22, 22)
         metrics = read_json(jsons / f"metrics_epoch{epoch}.json")
         assert {"BLEU-4", "CIDEr"} <= set(metrics) and "METEOR" not in metrics
     history = read_json(jsons / "loss_history.json")
