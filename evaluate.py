@@ -256,18 +256,19 @@ def score_experiment(a, cfg) -> int:
     summary = experiment_metrics(per_epoch, list(scorer.keys), str(test))
     print(format_table(per_epoch, list(scorer.keys), mark=summary["best_epoch"]))
     print(f"best epoch by {summary['best_by']}: {summary['best_epoch']} (marked *)")
+    if a.baselines:  # kept in metrics.json: an exported model's card lists them
+        summary["baselines"] = compare_with_baselines(cfg, scorer, per_epoch, refs, summary["best_epoch"])
     print(f"wrote {write_json(cfg.logdir / METRICS_FILE, summary)}")
     if a.json:
         print(f"wrote {write_json(Path(a.json), summary)}")
-    if a.baselines:
-        compare_with_baselines(cfg, scorer, per_epoch, refs, summary["best_epoch"])
     if a.plot_attention:
         plot_epoch(a, cfg, summary["best_epoch"])
     return 0
 
 
-def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) -> None:
-    """The trained model next to what it must beat, all on the same test clips."""
+def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) -> dict:
+    """The trained model next to what it must beat, all on the same test clips; returns the rows that are not
+    the trained model ({row: {metric: value}}, the mean over draws for the motion-free rows)."""
     from engine.experiment import load_data
     from engine.prediction import default_device, untrained_model_captions
     from metrics.baselines import label_position_scores, score_baselines, strongest_line
@@ -284,11 +285,15 @@ def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) 
     print(format_table(rows, list(scorer.keys), label="model"))
     print(f"(no motion): the row never reads the test clip's motion; {note}")
     print(strongest_line(baselines))
+    stored = {"untrained model": rows["untrained model"]}
+    stored.update({name: {k: sum(d[k] for d in draws) / len(draws) for k in scorer.keys}
+                   for name, draws in baselines.items()})
     if cfg.RETRIEVAL.NEIGHBOURS:
         exclude = cfg.RETRIEVAL.EXCLUDE
         scores = label_position_scores(train_clips, exclude)
         print(f"leave-one-out retrieval CIDEr on the training file per label position (RETRIEVAL.LABEL_INDEX; "
               f"EXCLUDE {exclude}): " + ", ".join(f"{pos}: {v:.1f}" for pos, v in scores.items()))
+    return stored
 
 
 def draw_cells(rows: dict, keys) -> dict:

@@ -249,6 +249,13 @@ def test_exp_baselines_mark_the_rows_without_motion_and_name_the_strongest(exp):
     row = next(ln for ln in res.stdout.splitlines() if ln.startswith("random same-person clip"))
     assert row.count(" ± ") == 6  # BLEU-1..4, ROUGE-L, CIDEr over 5 draws
     assert "strongest baseline: " in res.stdout and "6 of 6 test clip(s)" in res.stdout
+    stored = json.loads((exp / "metrics.json").read_text())["baselines"]  # kept for the exported model's card
+    assert set(stored) >= {"untrained model", "constant caption (no motion)", "nearest neighbour, label 0"}
+    assert all(isinstance(v, float) for v in stored["random same-person clip, label 0 (no motion)"].values())
+    from engine.config_loader import load_config
+    from engine.export import baselines_section
+
+    assert "constant caption (no motion)" in baselines_section(load_config(exp / "config.yaml"))
 
 
 @needs_java
