@@ -14,7 +14,8 @@ DataLoader, one instance per rank). Per epoch, deterministic in ``(seed, epoch)`
    num_replicas`` samples and stable-sort each by length (ties keep their random order).
 4. Cut into *global* batches of ``batch_size * num_replicas`` consecutive samples (the last may be
    smaller, a multiple of ``num_replicas``); with ``bucket_by_length`` and ``shuffle``, shuffle the
-   order of the global batches (same generator).
+   order of the global batches (same generator), then move the one holding the epoch's longest clip (the
+   first such) to the front, so that a batch too large for memory fails at the first step, not hours in.
 5. Rank ``r`` takes entries ``r, r + R, r + 2R, ...`` of each global batch. So every rank has the same
    number of batches (``__len__``), and at each step all ranks work on clips of similar length — in DDP a
    step lasts as long as its slowest rank, so bucketing only pays if the ranks are bucketed together.
@@ -125,6 +126,9 @@ class BucketedDistributedSampler:
         if self.bucket_by_length and self.shuffle:
             order = torch.randperm(len(batches), generator=g).tolist()
             batches = [batches[i] for i in order]
+            # The batch holding the epoch's longest clip goes first: an out-of-memory error shows at step 1.
+            longest = int(np.argmax([self.lengths[b].max() for b in batches]))
+            batches.insert(0, batches.pop(longest))
         return batches
 
     def rank_batches(self) -> list[list[int]]:

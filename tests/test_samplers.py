@@ -163,3 +163,19 @@ def test_works_as_dataloader_batch_sampler():
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
     got = [b.tolist() for b in loader]
     assert got == list(sampler) and len(loader) == len(sampler) == 5
+
+
+def test_the_batch_with_the_longest_clip_comes_first_every_epoch():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(20, 200, size=301)
+    for epoch in range(4):
+        batches = []
+        for rank in range(2):
+            s = BucketedDistributedSampler(lengths, batch_size=4, num_replicas=2, rank=rank, seed=5)
+            s.set_epoch(epoch)
+            batches.append(list(s))
+        assert max(lengths[batches[0][0] + batches[1][0]]) == lengths.max()  # step 1 pads to the longest clip
+        rest = [b for rank_batches in batches for b in rank_batches[1:]]
+        assert all(lengths[b].max() <= lengths.max() for b in rest)
+        moved = s.global_batches()
+        assert len({tuple(b) for b in moved}) == len(moved)  # a move, nothing lost or doubled
