@@ -25,7 +25,7 @@ from common.errors import UserError, exits_on_user_error  # noqa: E402
 from tools.bx_cv import fixed_epoch_overrides  # noqa: E402
 
 # situation → (config folder, epochs); the evidence for each is in README "Real coaching data".
-RECOMMENDED = {"seen": ("results/bx_finetune", 32), "new": ("results/bx_new_persons", 8)}
+RECOMMENDED = {"seen": ("results/bx_finetune", 32), "new": ("results/bx_new_persons_clean", 8)}
 
 
 def situation(train_clips: list[dict], test_clips: list[dict]) -> tuple[str, set[str], set[str]]:
