@@ -435,6 +435,7 @@ def test_summary_with_baselines_and_bad_folders(data, tmp_path, capsys):
     assert "no config_resolved.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # captions with a model three times
 def test_own_learner_against_own_reference_is_the_standards_path_with_that_reference(data, tmp_path):
     """`--data learner --reference ref`: the learner ([T, 22, 3] accepted) is compared with the user's reference
     exactly as with a standards file holding it; the data's segment keys are never used for it."""

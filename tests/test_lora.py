@@ -34,6 +34,7 @@ def perturb_adapters(model, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
+@pytest.mark.slow  # builds several models with adapters
 def test_adapters_sit_on_the_named_layers_and_start_as_the_identity():
     plain = tiny_model(tiny_config(BRANCH=1, TASK={"PRETRAIN": False}), standards=STANDARDS).eval()
     adapted = tiny_model(lora_config(), standards=STANDARDS).eval()
@@ -47,6 +48,7 @@ def test_adapters_sit_on_the_named_layers_and_start_as_the_identity():
         torch.testing.assert_close(adapted(batch, labels), plain(batch, labels), rtol=0, atol=0)
 
 
+@pytest.mark.slow  # builds several models with adapters
 def test_freeze_all_but_lora_trains_the_adapters_the_stagcn_and_the_projection_only():
     model = tiny_model(lora_config(), standards=STANDARDS)
     share = freeze_parameters(model, "ALL_BUT_LORA")
@@ -77,6 +79,7 @@ def test_freeze_encoder_fixes_the_t5_encoder_stack_only():
     assert model.t5.shared.weight.requires_grad  # the decoder's embedding (tied) still trains
 
 
+@pytest.mark.slow  # builds several models with adapters
 def test_merging_keeps_the_outputs_and_gives_the_plain_models_parameters():
     adapted = tiny_model(lora_config(), standards=STANDARDS).eval()
     perturb_adapters(adapted)
@@ -90,6 +93,7 @@ def test_merging_keeps_the_outputs_and_gives_the_plain_models_parameters():
     assert list(adapted.state_dict()) == list(plain.state_dict())
 
 
+@pytest.mark.slow  # builds several models with adapters
 def test_the_graph_convolution_applies_its_adapter():
     """The block reads the graph conv's weight directly (not by calling it): its adapter must still count."""
     adapted = tiny_model(lora_config("NONE", TARGETS=""), standards=STANDARDS).eval()  # the STA-GCN's only
@@ -106,6 +110,7 @@ def test_the_graph_convolution_applies_its_adapter():
     assert not torch.allclose(out, without)
 
 
+@pytest.mark.slow  # builds several models with adapters
 def test_finetuning_loads_plain_pretrained_weights_under_the_adapters():
     from engine.weights import load_pretrained_weights
 

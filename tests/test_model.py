@@ -408,6 +408,7 @@ def test_motion_margin_loss_is_cross_entropy_plus_hinge_on_the_other_clips_motio
                                                             labels=labels).loss)
 
 
+@pytest.mark.slow  # four models
 @pytest.mark.parametrize("branch, pretrain", [(0, True), (1, False)])
 def test_canonical_facing_makes_the_tokens_independent_of_the_camera_heading(branch, pretrain):
     from tests.test_data import _turn_about_y
