@@ -120,6 +120,11 @@ class MotionToText(nn.Module):
         self.encoder.train(was_training)
         return emb
 
+    def data_segment(self, batch: dict) -> tuple:
+        """(learner start, standard start) of the data's aligned segment when the model uses it, else (None, None):
+        the standard's window is then searched."""
+        return (batch["segment_start"], batch["std_segment_start"]) if self.use_data_segment else (None, None)
+
     def embed_standards(self, motion_types: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed each distinct standard of the batch once (no grad, eval mode) — not once per sample."""
         distinct = sorted(set(motion_types))
@@ -139,7 +144,7 @@ class MotionToText(nn.Module):
                 standard_window = self.embed_reference(first_frame_coordinates(coords), frame_mask)
             else:
                 standard_emb, lengths, which = self.embed_standards(batch["motion_types"])
-                segment = (batch["segment_start"], batch["std_segment_start"]) if self.use_data_segment else (None, None)
+                segment = self.data_segment(batch)
                 standard_window = aligned_standard_window(emb, frame_mask, standard_emb, lengths, which, *segment)
             emb = fuse_with_standard(emb, standard_window, frame_mask, self.fusion)
         elif self.branch == 2:
@@ -221,7 +226,6 @@ class MotionToText(nn.Module):
         return inputs.masked_fill(drop, tok.unk_token_id)
 
     @torch.no_grad()
-    @torch.no_grad()
     def standard_window_starts(self, batch: dict) -> Optional[torch.Tensor]:
         """[B] the standard frame matched with each clip's first frame (BRANCH 1 finetuning), else None: which
         part of the standard the model compared the learner with."""
@@ -230,7 +234,7 @@ class MotionToText(nn.Module):
         coords, frame_mask = self.input_coordinates(batch["coordinates"]), batch["frame_mask"]
         emb = self.encoder(skeleton_features(coords), frame_mask)[0]
         standard_emb, lengths, which = self.embed_standards(batch["motion_types"])
-        segment = (batch["segment_start"], batch["std_segment_start"]) if self.use_data_segment else (None, None)
+        segment = self.data_segment(batch)
         return window_start(emb, frame_mask, standard_emb, lengths, which, *segment)
 
     @torch.no_grad()
@@ -248,6 +252,7 @@ class MotionToText(nn.Module):
             self.t5.set_attn_implementation(fast)
         return labels, torch.stack(out.cross_attentions).float().mean(dim=(0, 2))
 
+    @torch.no_grad()
     def generate(self, batch: dict,
                  gen: Optional[Generation] = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """Batched decoding (default: the config's settings); the prompt is the decoder prefix and is stripped

@@ -431,3 +431,13 @@ def test_canonical_facing_makes_the_tokens_independent_of_the_camera_heading(bra
         tokens[facing] = (a, b)
     torch.testing.assert_close(*tokens[True], atol=1e-4, rtol=1e-4)
     assert not torch.allclose(*tokens[False], atol=1e-4, rtol=1e-4)  # camera coordinates: the heading shows
+
+
+def test_generation_builds_no_autograd_graph():
+    """Generation (and the report's attention passes) run without gradients, whoever calls them."""
+    model = tiny_model(tiny_config(BRANCH=1, TASK={"PRETRAIN": False}), standards=STANDARDS).eval()
+    batch = make_batch([random_clip(8, seed=1), random_clip(6, seed=2)], motion_types=["Jab", "Cross"])
+    _, att_node, att_A = model.generate(batch)
+    assert not att_node.requires_grad and not att_A.requires_grad
+    assert not model.cross_attention(batch, ["punch", "chin"])[1].requires_grad
+    assert not model.standard_window_starts(batch).requires_grad
