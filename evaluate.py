@@ -159,10 +159,9 @@ def check_report_args(a: argparse.Namespace) -> None:
                 "reference", "plot_curves"):
         if getattr(a, opt):
             raise UserError(f"--report writes one page; not with --{opt.replace('_', '-')}")
-    folder = Path(a.report)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise UserError(f"--report {folder}: exists and is not an empty folder; give a new folder (nothing is "
-                        "ever replaced)")
+    from common.files import check_new_or_empty_folder
+
+    check_new_or_empty_folder(Path(a.report), "--report", "a report never replaces files")
 
 
 def check_plot_curves_args(a: argparse.Namespace) -> None:
@@ -271,7 +270,7 @@ def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) 
     the trained model ({row: {metric: value}}, the mean over draws for the motion-free rows)."""
     from engine.experiment import load_data
     from engine.prediction import default_device, untrained_model_captions
-    from metrics.baselines import label_position_scores, score_baselines, strongest_line
+    from metrics.baselines import label_position_scores, mean_rows, score_baselines, strongest_line
     from metrics.report import format_table
 
     train_clips, test_clips, standards = load_data(cfg)
@@ -285,9 +284,7 @@ def compare_with_baselines(cfg, scorer, per_epoch: dict, refs: dict, best: int) 
     print(format_table(rows, list(scorer.keys), label="model"))
     print(f"(no motion): the row never reads the test clip's motion; {note}")
     print(strongest_line(baselines))
-    stored = {"untrained model": rows["untrained model"]}
-    stored.update({name: {k: sum(d[k] for d in draws) / len(draws) for k in scorer.keys}
-                   for name, draws in baselines.items()})
+    stored = {"untrained model": rows["untrained model"], **mean_rows(baselines, scorer.keys)}
     if cfg.RETRIEVAL.NEIGHBOURS:
         exclude = cfg.RETRIEVAL.EXCLUDE
         scores = label_position_scores(train_clips, exclude)

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from common.errors import UserError
+
 
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -42,3 +44,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def check_new_or_empty_folder(folder: Path, flag: str, why: str) -> None:
+    """An output folder that never mixes with other files: `folder` must be new or empty; else a UserError
+    naming `flag` and `why` (e.g. "an export never replaces files")."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder}: exists and is not a folder, expected a new or empty folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise UserError(f"{flag} {folder}: folder is not empty, expected a new or empty folder ({why})")

@@ -65,7 +65,7 @@ def write_coaching_report(folder: Path, model, checkpoint: Path, cfg: Config, cl
                           data: Path, scorer, batch_size: int, device: torch.device, max_clips: int = 0,
                           train_clips: Optional[list[dict]] = None) -> Path:
     """The report page for `clips` captioned by `model`; the baselines need `train_clips`."""
-    from metrics.baselines import score_baselines, strongest_line
+    from metrics.baselines import mean_rows, score_baselines, strongest_line
     from metrics.curves import plot_curves, read_curves
     from metrics.motion_control import motion_control_rows, run_motion_control
     from metrics.report import references_from_clips
@@ -81,8 +81,7 @@ def write_coaching_report(folder: Path, model, checkpoint: Path, cfg: Config, cl
         rows = {f"{checkpoint.name}": scorer.score(captions, refs)}
         if train_clips is not None:
             baselines, note = score_baselines(scorer, train_clips, clips, refs)
-            rows.update({name: {k: float(np.mean([d[k] for d in draws])) for k in keys}
-                         for name, draws in baselines.items()})
+            rows.update(mean_rows(baselines, keys))
             notes += [f"(no motion): the row never reads the clip's motion; {note}", strongest_line(baselines)]
         tables.append((f"Metrics on {data.name}", html_table(rows, keys, "model")))
         control = run_motion_control(lambda inputs: captions_of(model, inputs, cfg, segment, batch_size, device),

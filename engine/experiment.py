@@ -158,4 +158,4 @@ def retrieved_texts(cfg: Config, train_clips: list[dict], test_clips: list[dict]
 def parameter_counts(model: MotionToText) -> dict[str, int]:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return {"stagcn": count(model.encoder), "projection": count(model.projection), "t5": count(model.t5),
-            "total": count(model), "trainable": parameter_share(model)["trainable"]}
+            **parameter_share(model)}  # "trainable" and "total"

@@ -23,7 +23,7 @@ import yaml
 from safetensors import SafetensorError
 
 from common.errors import UserError
-from common.files import atomic_write_json, atomic_write_text
+from common.files import atomic_write_json, atomic_write_text, check_new_or_empty_folder
 from engine.config import Config
 from engine.weights import load_model
 from metrics.report import METRICS_FILE, format_table, read_experiment_metrics, read_json
@@ -43,11 +43,7 @@ CARD_FILE = "README.md"
 
 def check_export_dir(out_dir: Path) -> None:
     """An export never mixes with other files: DIR must be new or an empty folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--export {out_dir}: exists and is not a folder, expected a new or empty folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise UserError(f"--export {out_dir}: folder is not empty, expected a new or empty folder "
-                        "(an export never replaces files)")
+    check_new_or_empty_folder(out_dir, "--export", "an export never replaces files")
 
 
 def export_checkpoint(cfg: Config, checkpoint_path: Path, out_dir: Path) -> Path:

@@ -139,6 +139,11 @@ def mean_of(draws: list[dict], key: str) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+def mean_rows(rows: dict[str, list[dict]], keys) -> dict[str, dict[str, Optional[float]]]:
+    """{row: [metrics per draw]} → {row: {key: mean over the draws}} (a single draw is itself)."""
+    return {name: {k: mean_of(draws, k) for k in keys} for name, draws in rows.items()}
+
+
 def strongest_baseline(rows: dict[str, list[dict]], key: str = "CIDEr") -> tuple[str, float]:
     """(row name, mean `key`) of the best baseline row; a claim that a model beats the baselines names it."""
     name = max(rows, key=lambda n: mean_of(rows[n], key) or 0.0)
