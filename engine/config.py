@@ -172,6 +172,9 @@ class T5Config:
     # Training only: each caption must be at least this many nats per token more likely under its own clip's
     # motion than under another clip's of the batch (a hinge loss added to the cross-entropy); 0 = off.
     MOTION_MARGIN: float = key(0.0, Range(0.0, 100.0))
+    # Training only: weight of an auxiliary loss that predicts the bag of caption words from the mean of T5's
+    # encoder output (what the decoder cross-attends to), so that output must carry the caption's content; 0 = off.
+    WORD_BAG: float = key(0.0, Range(0.0, 100.0))
     # LoRA adapters (through peft): the way to finetune a large pretrained T5 on a few hundred clips.
     LORA: LoraConfig = field(default_factory=LoraConfig)
     # Which T5 parameters train: NONE all; ENCODER all but its encoder stack; ALL_BUT_LORA its adapters only.
@@ -246,7 +249,7 @@ class Config:
             canonical_facing=self.TRANSFORMATION.CANONICAL_FACING,
             fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
             retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
-            motion_margin=self.T5.MOTION_MARGIN,
+            motion_margin=self.T5.MOTION_MARGIN, word_bag=self.T5.WORD_BAG,
             subtraction_dim=subtraction_dim if self.BRANCH == 2 else 0, lora=self.lora(), prompt=self.prompt, t5=dict(t5),
             generation=self.generation)
 
@@ -298,6 +301,9 @@ def _check_lora(t5: T5Config) -> None:
 def check_config(cfg: Config) -> None:
     """Every numeric key within its range, then the rules between keys."""
     _check_ranges(cfg, "")
+    if cfg.T5.WORD_BAG and cfg.T5.MOTION_MARGIN:
+        raise UserError(f"config keys T5.WORD_BAG={cfg.T5.WORD_BAG}, T5.MOTION_MARGIN={cfg.T5.MOTION_MARGIN}: "
+                        "use one auxiliary loss at a time (set the other to 0)")
     if cfg.RETRIEVAL.LABEL_INDEX >= 0 and not cfg.RETRIEVAL.NEIGHBOURS:
         raise UserError(f"config key RETRIEVAL.LABEL_INDEX={cfg.RETRIEVAL.LABEL_INDEX}: needs RETRIEVAL.NEIGHBOURS > 0 "
                         "(it picks which label of the retrieved clips is the prompt); set it or LABEL_INDEX to -1")

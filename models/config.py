@@ -43,6 +43,7 @@ class MotionToTextConfig:
     retrieval: bool = False  # retrieved training labels go to T5 as text after the motion tokens
     word_dropout: float = 0.0  # training only: decoder input tokens replaced by <unk>
     motion_margin: float = 0.0  # training only: hinge on nll(caption | other motion) − nll(caption | own motion)
+    word_bag: float = 0.0  # training only: weight of predicting the caption's words from T5's encoder output
     subtraction_dim: int = 0  # branch 2: width of the per-frame external features
     # LoRA adapters: {} none; else {"rank", "alpha", "dropout", "t5_modules": [...], "stagcn": bool}
     lora: dict[str, Any] = field(default_factory=dict)

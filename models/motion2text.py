@@ -74,6 +74,7 @@ class MotionToText(nn.Module):
         self.fusion = config.fusion
         self.word_dropout = config.word_dropout
         self.motion_margin = config.motion_margin
+        self.word_bag_weight = config.word_bag
         self.codec = CaptionCodec(tokenizer, config.prompt)
         self.encoder = STAGCN(config.hidden_channel, config.out_channel, config.dropout)
         emb_dim = config.embedding_width
@@ -83,6 +84,8 @@ class MotionToText(nn.Module):
                                      config.projection_dropout, token_norm=config.token_norm,
                                      token_norm_stats=config.token_norm_stats)
         self.t5 = t5
+        # The word-bag head exists only with the auxiliary loss, so default models keep the published parameters.
+        self.word_bag = nn.Linear(t5.config.d_model, t5.config.vocab_size) if config.word_bag > 0 else None
         if config.lora:
             self.add_adapters(config.lora)
         self.standard_names: list[str] = []
@@ -167,13 +170,37 @@ class MotionToText(nn.Module):
 
     def forward(self, batch: dict, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over non-pad label tokens (pads are -100, never in the loss); in training with
-        MOTION_MARGIN > 0, plus the motion-margin loss (see `motion_margin_loss`)."""
+        MOTION_MARGIN > 0, plus the motion-margin loss (see `motion_margin_loss`); with WORD_BAG > 0, plus that
+        weight times the word-bag loss (see `word_bag_loss`)."""
         tokens, token_mask, _, _ = self.encode(batch)
         decoder_inputs = self.noisy_decoder_inputs(labels) if self.training and self.word_dropout > 0 else None
         if self.training and self.motion_margin > 0 and len(labels) > 1:
             return self.motion_margin_loss(tokens, token_mask, labels, decoder_inputs, batch["video_names"])
-        return self.t5(inputs_embeds=tokens, attention_mask=token_mask.long(), labels=labels,
+        attention_mask = token_mask.long()
+        encoded = self.t5.encoder(inputs_embeds=tokens, attention_mask=attention_mask)
+        loss = self.t5(encoder_outputs=encoded, attention_mask=attention_mask, labels=labels,
                        decoder_input_ids=decoder_inputs).loss
+        if self.training and self.word_bag is not None:
+            loss = loss + self.word_bag_weight * self.word_bag_loss(encoded.last_hidden_state, token_mask, labels)
+        return loss
+
+    def word_bag_loss(self, encoded: torch.Tensor, token_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy between the caption's word distribution (its token counts after the prompt, eos and
+        padding left out, normalised) and a softmax over the vocabulary read from the mean of T5's encoder
+        output over the clip's tokens [B,N,d]; mean over samples.
+
+        Why: the decoder gains little likelihood from the motion on small, noisy caption sets and learns to
+        write from its own context; this asks the representation it cross-attends to for the caption's
+        content directly, with no decoder in between."""
+        mask = token_mask[..., None].to(encoded.dtype)
+        pooled = (encoded * mask).sum(1) / mask.sum(1).clamp(min=1)
+        log_probs = F.log_softmax(self.word_bag(pooled).float(), dim=-1)  # [B,V]
+        words = labels != -100
+        words[:, : len(self.codec.prompt_ids)] = False
+        words &= labels != self.codec.tokenizer.eos_token_id
+        counts = torch.zeros_like(log_probs).scatter_add_(1, labels.clamp(min=0), words.float())
+        target = counts / counts.sum(1, keepdim=True).clamp(min=1)
+        return -(target * log_probs).sum(1).mean()
 
     def motion_margin_loss(self, tokens: torch.Tensor, token_mask: torch.Tensor, labels: torch.Tensor,
                            decoder_inputs: Optional[torch.Tensor], names: list[str]) -> torch.Tensor:

@@ -59,10 +59,11 @@ def test_a_wrong_type_names_key_value_and_expected_type(tmp_path):
     ("TRANSFORMATION.REDUCTION_POLICY=MAX", r"expected one of 'TIME_POOL', 'SKELETON_POOL', 'ORIGIN'"),
     ("OUT_CHANNEL=100", r"OUT_CHANNEL must equal 4 × HIDDEN_CHANNEL"),
     ("DROPOUT=1.5", r"DROPOUT: got 1.5, expected a finite value in \[0.0, 1.0\)"),
+    ("T5.WORD_BAG=0.5 T5.MOTION_MARGIN=0.2", r"T5.WORD_BAG=0.5, T5.MOTION_MARGIN=0.2: use one auxiliary loss"),
 ])
 def test_bad_values_are_rejected(tmp_path, override, message):
     with pytest.raises(UserError, match=message):
-        load_config(write(tmp_path, ORIGINAL), [override])
+        load_config(write(tmp_path, ORIGINAL), override.split())
 
 
 def test_overrides_use_dotted_keys_and_yaml_scalars(tmp_path):

@@ -408,6 +408,51 @@ def test_motion_margin_loss_is_cross_entropy_plus_hinge_on_the_other_clips_motio
                                                             labels=labels).loss)
 
 
+
+def _word_bag_nll(model, tokens, mask, labels) -> torch.Tensor:
+    """The word-bag loss written out with loops: each caption's words (after the prompt, no eos) as a
+    distribution, against the head's softmax over the mean encoder output."""
+    hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
+    total = 0.0
+    for b in range(len(labels)):
+        pooled = hidden[b, mask[b]].mean(0)
+        log_probs = torch.log_softmax(model.word_bag(pooled), dim=-1)
+        words = [t for t in labels[b, len(model.codec.prompt_ids):].tolist()
+                 if t != -100 and t != model.codec.tokenizer.eos_token_id]
+        total = total - sum(log_probs[t] for t in words) / len(words)
+    return total / len(labels)
+
+
+def test_word_bag_loss_is_cross_entropy_plus_the_weighted_word_distribution_loss():
+    off = {"DROPOUT": 0.0, "TRANSFORMATION": {"PROJECTION_DROPOUT": 0.0}}
+    model = tiny_model(tiny_config(T5={"DROPOUT": 0.0, "WORD_BAG": 0.5}, **off)).train()
+    batch = make_batch([random_clip(8, seed=1), random_clip(6, seed=2), random_clip(7, seed=3)])
+    labels = model.codec.encode_targets(["a person walks forward walks", "jumps", "keep your hand at chin"])
+    with torch.no_grad():
+        loss = model(batch, labels)
+        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
+        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
+        bag = _word_bag_nll(model, tokens, mask, labels)
+    assert bag > 1.0
+    torch.testing.assert_close(loss, plain + 0.5 * bag)
+
+    model.zero_grad()  # the auxiliary loss alone trains the skeleton encoder, not only its own head
+    tokens, mask, _, _ = model.encode(batch)
+    hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
+    model.word_bag_loss(hidden, mask, labels).backward()
+    assert model.word_bag.weight.grad.abs().sum() > 0 and model.encoder.input_bn.weight.grad.abs().sum() > 0
+
+    model.eval()  # evaluation never adds it
+    with torch.no_grad():
+        tokens, mask, _, _ = model.encode(batch)
+        assert torch.equal(model(batch, labels), model.t5(inputs_embeds=tokens, attention_mask=mask.long(),
+                                                            labels=labels).loss)
+
+
+def test_default_model_has_no_word_bag_head():
+    model = tiny_model(tiny_config())
+    assert model.word_bag is None and not any("word_bag" in n for n, _ in model.named_parameters())
+
 @pytest.mark.slow  # four models
 @pytest.mark.parametrize("branch, pretrain", [(0, True), (1, False)])
 def test_canonical_facing_makes_the_tokens_independent_of_the_camera_heading(branch, pretrain):
