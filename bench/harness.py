@@ -143,12 +143,13 @@ def rss_mib(field: str = "VmHWM") -> float:
 
 
 def start_workers(specs: list[dict], threads: int, module: str) -> list[tuple[dict, subprocess.Popen]]:
-    """One fresh `python -m <module> SPEC_JSON` process per spec, all started at once."""
+    """One fresh `python -m <module> SPEC_JSON` process per spec, all started at once; a spec's "env" (a dict)
+    is added to that process's environment (e.g. LD_PRELOAD of another allocator)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     return [(spec, subprocess.Popen([sys.executable, "-m", module, json.dumps(spec)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                    cwd=str(REPO)))
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env={**env, **spec.get("env", {})}, cwd=str(REPO)))
             for spec in specs]
 
 

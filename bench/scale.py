@@ -30,7 +30,9 @@ shapes and sizes matter here, not the motion.
    dataset in an epoch, so what it un-shares is an upper bound for a worker (private dirty memory is split
    by mapping: glibc's ``[heap]``, where the clips' storages live, vs anonymous maps such as pymalloc's
    arenas). The parent then counts the objects the load left in unreachable cycles (``gc.DEBUG_SAVEALL``)
-   and its RSS after ``gc.collect()`` and after glibc's ``malloc_trim(0)`` (heap freed but kept);
+   and its RSS after ``gc.collect()`` and after glibc's ``malloc_trim(0)`` (heap freed but kept); then it
+   calls ``freeze_before_fork()`` (what the trainer does before its workers fork) and forks the same child
+   again, so the two children's private memory shows what the freeze saves;
    (b) the real job ``torchrun --standalone --nproc_per_node 2 train_t5_stagcn.py`` with
    ``DATA.NUM_WORKERS: 2`` (torchrun + 2 ranks + 4 workers = 7 processes), one thread per rank, on the full
    file, runs until rank 0's progress bar shows ``--mem-steps`` steps; then every process of the job is
@@ -297,7 +299,7 @@ def child_train(argv: list[str]) -> None:
 def child_load(path: str) -> None:
     import torch
 
-    from dataloaders.datasets import TrainDataset, collate, load_dataset
+    from dataloaders.datasets import TrainDataset, collate, freeze_before_fork, load_dataset
 
     before = smaps_rollup(os.getpid())
     t0 = time.perf_counter()
@@ -367,7 +369,10 @@ def child_load(path: str) -> None:
     diagnosis = {"unreachable_after_load": unreachable, "safe_unpickler_unreachable": kinds.get("SafeUnpickler", 0),
                  "unreachable_by_type": dict(sorted(kinds.items(), key=lambda kv: -kv[1])[:8]),
                  "rss_after_gc_collect_mib": _mib(rss_after_gc), "rss_after_malloc_trim_mib": rss_after_trim}
+    freeze_before_fork()  # what the trainer does before its DataLoader forks workers
+    frozen = forked()
     emit({"load_dataset_s": round(load_s, 2), "clips": len(clips), "samples": len(ds),
+          "fork_frozen_stages_kb": frozen["stages"], "fork_frozen_gc_found": frozen["gc_found"],
           "coordinates_bytes": nbytes, "distinct_storages": len(storages),
           "rss_before_mib": _mib(before["Rss"]), "rss_after_mib": _mib(after["Rss"]),
           "parent_smaps_kb": smaps_rollup(os.getpid()), "fork_stages_kb": fork["stages"],
@@ -605,6 +610,8 @@ def memory(args, tmp: Path) -> dict:
     worker_private = tot["by_role"].get("worker", {}).get("private_mib", 0.0)
     stages = direct["fork_stages_kb"]
     owned = {k: round((v["Private_Dirty"] + v["Private_Clean"]) / 1024, 1) for k, v in stages.items()}
+    owned_frozen = {k: round((v["Private_Dirty"] + v["Private_Clean"]) / 1024, 1)
+                    for k, v in direct["fork_frozen_stages_kb"].items()}
     per_worker = worker_private / max(n_workers, 1)
     decidable = data_mib >= 256  # below that, interpreter/torch pages a worker owns anyway dominate
     verdict = {
@@ -617,6 +624,7 @@ def memory(args, tmp: Path) -> dict:
         "worker_private_over_data": round(per_worker / data_mib, 3),
         "fork_private_mib": owned,
         "fork_private_over_data": {k: round(v / data_mib, 3) for k, v in owned.items()},
+        "fork_frozen_private_mib": owned_frozen,  # the same child forked after freeze_before_fork()
         # A worker holding a copy would own about the whole per-rank data; half of it is the threshold.
         "dataset_copied_per_worker": bool(per_worker >= 0.5 * data_mib) if decidable else None,
         "decidable": decidable,
@@ -698,6 +706,8 @@ def summary(res: dict) -> str:
                   f"{mem['load_diagnosis']['rss_after_malloc_trim_mib']} MiB",
                   f"  forked child owns (MiB) after each stage: {v['fork_private_mib']}; private dirty by mapping: "
                   f"{mem['fork_experiment']['private_dirty_by_mapping_mib']}",
+                  f"  forked after freeze_before_fork() (the trainer's, DATA.NUM_WORKERS > 0), owns (MiB): "
+                  f"{v['fork_frozen_private_mib']}",
                   f"  dataset copied per worker: {v['dataset_copied_per_worker']}; stop: {mem['stop']}"]
     return "\n".join(lines)
 

@@ -7,7 +7,6 @@ global step, every rank's RNG states, the loss history and the callbacks' state;
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
 import signal
@@ -19,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from common.files import atomic_write_json
-from dataloaders.datasets import TrainDataset, collate
+from dataloaders.datasets import TrainDataset, collate, freeze_before_fork
 from dataloaders.samplers import BucketedDistributedSampler, ShardedEvalSampler
 from engine import checkpoint as ckpt
 from engine.callbacks import Callback, EarlyStopping, FaultInjection, TensorBoardLogging, ValidationLossHistory
@@ -80,10 +79,7 @@ class Trainer:
 
         self.sampler = train_sampler(exp, dist)
         if cfg.DATA.NUM_WORKERS > 0:
-            # Workers are forked: objects left over from unpickling the data would otherwise be touched by a
-            # worker's garbage collection, un-sharing their pages (copy-on-write) in every worker.
-            gc.collect()
-            gc.freeze()
+            freeze_before_fork()
         # Pinned host memory on CUDA, so the non_blocking copies of move_batch overlap with compute.
         self.loader = DataLoader(exp.train_set, batch_sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.DATA.NUM_WORKERS, generator=torch.Generator(),

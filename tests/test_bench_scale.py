@@ -41,6 +41,9 @@ def test_quick_scale_bench_writes_throughput_and_memory(tmp_path):
     assert _positive(mem["coordinates_mib"]) and mem["clips"] == mem["corpus"]["clips"]
     assert _positive(mem["load_dataset_s"]) and _positive(mem["startup_to_first_step_s"])
     assert mem["verdict"]["decidable"] is False and mem["verdict"]["dataset_copied_per_worker"] is None
+    # The trainer's freeze before forking keeps a worker's full collection from un-sharing the inherited objects.
+    frozen, plain = mem["verdict"]["fork_frozen_private_mib"], mem["verdict"]["fork_private_mib"]
+    assert frozen["gc_collect"] - frozen["getitem_all"] < 0.5 * (plain["gc_collect"] - plain["getitem_all"])
     assert mem["stop"]["killed_by_pid"] == []  # SIGTERM to torchrun stopped the whole job
     assert "uptime_before" in res["machine"] and "uptime_after" in res["machine"]
     assert "speed-up with bucketing" in proc.stdout and "MEMORY" in proc.stdout

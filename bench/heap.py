@@ -1,0 +1,115 @@
+"""Resident memory of a training process over many steps of varying batch length, per allocator setting.
+
+    python -m bench.heap [--quick] [--steps 40] [--threads 2] [--variants glibc trim jemalloc …] [--out …]
+
+Each variant runs the same steps in a fresh process, one after the other: the published sizes (STA-GCN 32/128,
+T5 d_model 512 × 6), branch 0, batch 4, every step a new batch whose clips are 40–199 frames long
+(HumanML3D-like), the trainer's optimizer step. After each step the process's VmRSS is read. Variants:
+
+* ``glibc``: the default allocator. glibc raises its mmap threshold each time a large block is freed, so
+  later blocks of that size come from the heap, whose freed middle cannot be returned to the system: with
+  batches of changing shape the heap keeps growing.
+* ``mmap_threshold``: glibc with ``MALLOC_MMAP_THRESHOLD_=131072`` (fixed, so never raised): large blocks
+  are always mapped and unmapped.
+* ``trim``: glibc, with ``malloc_trim(0)`` after every step (TRAIN.MALLOC_TRIM does this in the trainer).
+* ``jemalloc`` / ``tcmalloc``: Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` through ``LD_PRELOAD``
+  (skipped when not installed).
+
+Reported: RSS after the warm-up steps and at the end, its growth, and the median step time. Compare the
+variants within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from bench.harness import REPO, LoadMeter, emit, rss_mib, run_workers
+from bench.workload import QUICK, Sizes, TrainStep, build_model, prepared_batches
+
+LIBS = Path("/usr/lib/x86_64-linux-gnu")
+VARIANTS = {
+    "glibc": {},
+    "mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+    "trim": {},
+    "jemalloc": {"LD_PRELOAD": str(LIBS / "libjemalloc.so.2")},
+    "tcmalloc": {"LD_PRELOAD": str(LIBS / "libtcmalloc_minimal.so.4")},
+}
+WARMUP = 4  # steps before the reference RSS: the optimizer state and the first batches' buffers exist by then
+SIZES = Sizes(batch=4, min_frames=40, max_frames=199)
+QUICK_SIZES = replace(QUICK, min_frames=8, max_frames=40)
+
+
+def worker(spec: dict) -> None:
+    torch.set_num_threads(spec["threads"])
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["sizes"].items()})
+    device = torch.device("cpu")
+    model, cfg = build_model(sizes, 0, device)
+    step = TrainStep(model, cfg, device)
+    rng = random.Random(0)
+    trim = ctypes.CDLL(None).malloc_trim if spec["variant"] == "trim" else None
+    rss, times = [], []
+    for i in range(spec["steps"]):
+        lengths = [rng.randint(sizes.min_frames, sizes.max_frames) for _ in range(sizes.batch)]
+        (batch, labels), = prepared_batches(model, sizes, [lengths], device, seed=1000 + i)
+        t0 = time.perf_counter()
+        step(batch, labels)
+        if trim is not None:
+            trim(0)
+        times.append(time.perf_counter() - t0)
+        rss.append(round(rss_mib("VmRSS"), 1))
+    warm = rss[min(WARMUP, len(rss)) - 1]
+    emit({"variant": spec["variant"], "rss_mib": rss, "rss_after_warmup_mib": warm, "rss_end_mib": rss[-1],
+          "growth_mib": round(rss[-1] - warm, 1), "peak_rss_mib": rss_mib("VmHWM"),
+          "median_step_s": statistics.median(times[WARMUP:] or times)})
+
+
+def available(variant: str) -> bool:
+    lib = VARIANTS[variant].get("LD_PRELOAD")
+    return lib is None or Path(lib).exists()
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.heap", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny model: a smoke test, not a measurement")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "heap_results.json")
+    args = p.parse_args(argv)
+    sizes = QUICK_SIZES if args.quick else SIZES
+    steps = min(args.steps, 2 * WARMUP) if args.quick else args.steps
+    results, load = {}, {}
+    for variant in args.variants:  # one at a time: each process has the CPUs to itself
+        if not available(variant):
+            print(f"[heap] {variant}: {VARIANTS[variant]['LD_PRELOAD']} not installed, skipped", flush=True)
+            continue
+        meter = LoadMeter()
+        (r,) = run_workers([{"kind": "heap", "variant": variant, "threads": args.threads, "steps": steps,
+                             "sizes": asdict(sizes), "env": VARIANTS[variant]}],
+                           threads=args.threads, module="bench.heap", timeout=3600)
+        results[variant], load[variant] = r, meter.other_share()
+        print(f"[heap] {variant}: RSS {r['rss_after_warmup_mib']:.0f} MiB after {WARMUP} steps -> "
+              f"{r['rss_end_mib']:.0f} MiB after {steps} (+{r['growth_mib']:.0f}), median step "
+              f"{r['median_step_s']:.2f} s (other processes used {load[variant]} of the CPUs)", flush=True)
+    doc = {"results": results, "other_processes_cpu_share": load,
+           "settings": {**asdict(sizes), "quick": args.quick, "threads": args.threads, "steps": steps}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return doc
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
+        worker(json.loads(sys.argv[1]))
+    else:
+        main()
