@@ -11,7 +11,7 @@ T5 d_model 512 × 6), branch 0, batch 4, every step a new batch whose clips are 
   batches of changing shape the heap keeps growing.
 * ``mmap_threshold``: glibc with ``MALLOC_MMAP_THRESHOLD_=131072`` (fixed, so never raised): large blocks
   are always mapped and unmapped.
-* ``trim``: glibc, with ``malloc_trim(0)`` after every step (TRAIN.MALLOC_TRIM does this in the trainer).
+* ``trim``: glibc, with ``malloc_trim(0)`` after every step, as the trainer does (TRAIN.MALLOC_TRIM).
 * ``jemalloc`` / ``tcmalloc``: Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` through ``LD_PRELOAD``
   (skipped when not installed).
 
@@ -21,7 +21,6 @@ variants within one run.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import random
 import statistics
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 
 from bench.harness import REPO, LoadMeter, emit, rss_mib, run_workers
+from common.heap import heap_trimmer
 from bench.workload import QUICK, Sizes, TrainStep, build_model, prepared_batches
 
 LIBS = Path("/usr/lib/x86_64-linux-gnu")
@@ -55,7 +55,7 @@ def worker(spec: dict) -> None:
     model, cfg = build_model(sizes, 0, device)
     step = TrainStep(model, cfg, device)
     rng = random.Random(0)
-    trim = ctypes.CDLL(None).malloc_trim if spec["variant"] == "trim" else None
+    trim = heap_trimmer() if spec["variant"] == "trim" else None
     rss, times = [], []
     for i in range(spec["steps"]):
         lengths = [rng.randint(sizes.min_frames, sizes.max_frames) for _ in range(sizes.batch)]

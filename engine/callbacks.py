@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from common.errors import UserError
+from common.heap import heap_trimmer
 from common.files import atomic_write_json
 from engine.logs import TensorBoard
 from metrics.report import BEST_BY, read_experiment_metrics
@@ -52,6 +53,20 @@ class Callback:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class HeapTrim(Callback):
+    """After every optimizer step, glibc's free heap pages go back to the system (TRAIN.MALLOC_TRIM): without
+    it a rank's resident memory grows with batches of changing length (common/heap.py, bench/heap.py)."""
+
+    def __init__(self):
+        self.trim = heap_trimmer()
+        if self.trim is None:
+            log.info("TRAIN.MALLOC_TRIM: this C library has no malloc_trim; nothing to do")
+
+    def after_optimizer_step(self, trainer, loss, grad_norm, stepped):
+        if self.trim is not None:
+            self.trim(0)
 
 
 class TensorBoardLogging(Callback):

@@ -21,7 +21,8 @@ from common.files import atomic_write_json
 from dataloaders.datasets import TrainDataset, collate, freeze_before_fork
 from dataloaders.samplers import BucketedDistributedSampler, ShardedEvalSampler
 from engine import checkpoint as ckpt
-from engine.callbacks import Callback, EarlyStopping, FaultInjection, TensorBoardLogging, ValidationLossHistory
+from engine.callbacks import (Callback, EarlyStopping, FaultInjection, HeapTrim, TensorBoardLogging,
+                              ValidationLossHistory)
 from engine.distributed import (DistInfo, all_gather_objects, all_reduce_sum, any_rank, barrier,
                                 broadcast_module_state, broadcast_object, run_on_main)
 from engine.experiment import Experiment
@@ -103,7 +104,8 @@ class Trainer:
         self.tb = TensorBoard(cfg.logdir / "train_logs" if dist.is_main else None)
         self.early_stopping = EarlyStopping(BEST_BY, cfg.EVAL.EARLY_STOP_PATIENCE, cfg.OPTIMIZER.MAX_EPOCH)
         self.callbacks: list[Callback] = [FaultInjection(), TensorBoardLogging(self.tb, cfg.TRAIN.LOG_EVERY),
-                                          ValidationLossHistory(), self.early_stopping, *callbacks]
+                                          ValidationLossHistory(), self.early_stopping,
+                                          *([HeapTrim()] if cfg.TRAIN.MALLOC_TRIM else []), *callbacks]
         self._val_pairs: Optional[TrainDataset] = None  # (test clip, label) pairs, built at the first evaluation
         self.motion_gap: Optional[float] = None  # set by validation_loss
         if exp.resume_state is not None:

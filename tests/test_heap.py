@@ -1,0 +1,47 @@
+"""Freed heap memory goes back to the system after every optimizer step (TRAIN.MALLOC_TRIM)."""
+import ctypes
+import sys
+
+import pytest
+
+from tests.cli_helpers import build_in_process, one_cpu_process, tiny_data, write_experiment
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+
+
+@linux
+def test_heap_trimmer_returns_free_heap_pages_to_the_system():
+    from common.heap import heap_trimmer
+
+    trim = heap_trimmer()
+    assert trim is not None
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 64 KiB blocks stay under glibc's mmap threshold: they come from the heap. Keep every 8th so the
+    # freed ones sit in the middle, where only malloc_trim can give them back.
+    blocks = [libc.malloc(64 * 1024) for _ in range(1024)]
+    for i, b in enumerate(blocks):
+        ctypes.memset(b, 1, 64 * 1024)
+    for i, b in enumerate(blocks):
+        if i % 8:
+            libc.free(b)
+    assert trim(0) == 1  # something was released
+    for i, b in enumerate(blocks):
+        if not i % 8:
+            libc.free(b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("on", [True, False])
+def test_the_trainer_trims_the_heap_after_every_optimizer_step_when_asked(tmp_path, monkeypatch, on):
+    import engine.callbacks
+    from engine.trainer import Trainer
+
+    calls = []
+    monkeypatch.setattr(engine.callbacks, "heap_trimmer", lambda: calls.append)
+    cfg_file = write_experiment(tmp_path / "exp", tiny_data(tmp_path / "data"), OPTIMIZER={"MAX_EPOCH": 1},
+                                TRAIN={"SANITY_EVAL": False, "MALLOC_TRIM": on}, EVAL={"SCORE": False})
+    trainer = Trainer(build_in_process(cfg_file), one_cpu_process())
+    trainer.fit(None)
+    assert calls == ([0] * trainer.global_step if on else []) and trainer.global_step > 0
