@@ -44,9 +44,13 @@ def _check_strings(where, key, value, allow_empty_list):
         if not isinstance(s, str) or not s.strip():
             got = "empty" if isinstance(s, str) else f"a {type(s).__name__}"
             raise UserError(f"{where}: key {key!r} item {j} is {got}, expected a non-empty string")
-        if not sanitize_caption(s):
+        clean = sanitize_caption(s)
+        if not clean:
             raise UserError(f"{where}: key {key!r} item {j} is {s[:40]!r}, which the scorer's caption cleaning "
                             "(common.text.sanitize_caption) reduces to nothing; expected visible text")
+        if not any(ch.isalnum() for ch in clean):  # the PTB tokenizer drops punctuation: nothing would be scored
+            raise UserError(f"{where}: key {key!r} item {j} is {s[:40]!r}, punctuation only; expected at least "
+                            "one letter or digit")
 
 
 def _check_frames(where, key, x, width=None) -> int:

@@ -21,7 +21,7 @@ def test_heap_trimmer_returns_free_heap_pages_to_the_system():
     # 64 KiB blocks stay under glibc's mmap threshold: they come from the heap. Keep every 8th so the
     # freed ones sit in the middle, where only malloc_trim can give them back.
     blocks = [libc.malloc(64 * 1024) for _ in range(1024)]
-    for i, b in enumerate(blocks):
+    for b in blocks:
         ctypes.memset(b, 1, 64 * 1024)
     for i, b in enumerate(blocks):
         if i % 8:

@@ -179,6 +179,14 @@ def test_label_that_sanitises_to_nothing_is_refused_naming_file_clip_and_index(t
     assert "sanitize_caption" in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("label", ["...", "?!", "- -", "«»"])
+def test_punctuation_only_label_is_refused_naming_file_clip_and_index(tmp_path, label):
+    path = save_pickle(tmp_path / "test.pkl", [clip("fine"), clip("dots", labels=["keep your guard up", label])])
+    with pytest.raises(UserError, match=r"entry 1 \(video_name 'dots'\): key 'labels' item 1 is .*punctuation only"):
+        load_dataset(path, pretrain=True, branch=0)
+    validate_clips([clip("ok", labels=["3", "é", "ok."])], "x.pkl")  # one letter or digit is enough
+
+
 def test_augmented_label_that_sanitises_to_nothing_is_refused():
     with pytest.raises(UserError, match=r"x.pkl: entry 0 \(video_name 'a'\): key 'augmented_labels' item 0"):
         validate_clips([clip("a", augmented_labels=["\ufeff"])], "x.pkl")
