@@ -42,3 +42,15 @@ def test_quick_lora_bench_reports_each_variant(tmp_path):
     assert full["trainable_params"] == full["total_params"]
     assert lora["trainable_params"] < full["trainable_params"] < lora["total_params"]  # T5 fixed, adapters added
     assert all(r["step_s"] > 0 and r["peak_rss_mib"] > 0 for r in results.values())
+
+
+def test_quick_heap_bench_reads_rss_after_every_step_per_allocator(tmp_path):
+    out = tmp_path / "heap.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.heap", "--quick", "--threads", "1", "--variants", "glibc",
+                           "trim", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert list(doc["results"]) == ["glibc", "trim"]
+    for r in doc["results"].values():
+        assert len(r["rss_mib"]) == doc["settings"]["steps"] and all(v > 0 for v in r["rss_mib"])
+        assert r["growth_mib"] == round(r["rss_mib"][-1] - r["rss_after_warmup_mib"], 1) and r["median_step_s"] > 0
