@@ -78,14 +78,14 @@ def write_coaching_report(folder: Path, model, checkpoint: Path, cfg: Config, cl
     if labelled:
         refs = references_from_clips(clips, data)
         keys = list(scorer.keys)
-        rows = {f"{checkpoint.name}": scorer.score(captions, refs)}
+        rows = {checkpoint.name: scorer.score(captions, refs)}
         if train_clips is not None:
             baselines, note = score_baselines(scorer, train_clips, clips, refs)
             rows.update(mean_rows(baselines, keys))
             notes += [f"(no motion): the row never reads the clip's motion; {note}", strongest_line(baselines)]
         tables.append((f"Metrics on {data.name}", html_table(rows, keys, "model")))
         control = run_motion_control(lambda inputs: captions_of(model, inputs, cfg, segment, batch_size, device),
-                                     clips, scorer)
+                                     clips, scorer, real=(captions, rows[checkpoint.name]))
         control_keys = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in keys]
         tables.append(("Motion control (each clip's motion swapped for another's)",
                        html_table(motion_control_rows(control, control_keys),

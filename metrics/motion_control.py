@@ -66,9 +66,10 @@ def swap_motion(clips: list[dict], group_of: Callable[[dict], Hashable], seed: i
 
 
 def run_motion_control(caption: Callable[[list[dict]], dict[str, str]], clips: list[dict], scorer,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, real: Optional[tuple[dict[str, str], dict]] = None) -> dict:
     """Caption `clips` with their real and swapped motions and score each against the clips' own labels.
-    `caption(clips)` is the model under test: {video_name: caption}.
+    `caption(clips)` is the model under test: {video_name: caption}. `real`: (captions, metrics) of the real
+    motions when the caller already has them (the same model, clips and scorer), so they are not made again.
 
     Returns {"metrics": {condition: metrics}, "kept_own_motion": {condition: n}, "changed": {condition: n
     captions that differ from the real-motion caption}, "captions": {condition: {video_name: caption}},
@@ -76,13 +77,14 @@ def run_motion_control(caption: Callable[[list[dict]], dict[str, str]], clips: l
     refs = {c["video_name"]: list(c["labels"]) for c in clips}
     out = {"metrics": {}, "kept_own_motion": {}, "changed": {}, "captions": {}, "clips": len(clips)}
     for condition in CONDITIONS:
-        if condition == "real":
-            inputs, kept = clips, len(clips)
+        if condition == "real" and real is not None:
+            captions, metrics, kept = real[0], real[1], len(clips)
         else:
-            inputs, kept = swap_motion(clips, GROUPINGS[condition], seed)
-        captions = caption(inputs)
+            inputs, kept = (clips, len(clips)) if condition == "real" else swap_motion(clips, GROUPINGS[condition], seed)
+            captions = caption(inputs)
+            metrics = scorer.score(captions, refs)
         out["captions"][condition] = captions
-        out["metrics"][condition] = scorer.score(captions, refs)
+        out["metrics"][condition] = metrics
         out["kept_own_motion"][condition] = kept
         real = out["captions"]["real"]
         out["changed"][condition] = sum(captions[n] != real[n] for n in captions)

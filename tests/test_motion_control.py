@@ -86,3 +86,32 @@ def test_rows_and_json_report_the_relative_cider_drop_and_the_kept_clips():
     assert out["real"] == metrics["real"] and out["swap_person_technique"]["CIDEr"] == 55.0
     assert out["kept_own_motion"]["swap_person_technique"] == 2 and out["clips"] == 9
     assert relative_drop(0.0, 3.0) is None
+
+
+class _CountingScorer:
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, captions, refs):
+        self.calls += 1
+        return {"CIDEr": float(sum(captions[n] == refs[n][0] for n in captions))}
+
+
+def test_known_real_captions_are_not_made_or_scored_again():
+    from metrics.motion_control import run_motion_control
+
+    clips = corpus()
+    made = []
+
+    def caption(inputs):  # "the model": writes what its motion holds
+        made.append(len(inputs))
+        return {c["video_name"]: f"{float(c['coordinates'][0, 0]):.4f}" for c in inputs}
+
+    full_scorer, short_scorer = _CountingScorer(), _CountingScorer()
+    full = run_motion_control(caption, clips, full_scorer)
+    assert made == [len(clips)] * 3 and full_scorer.calls == 3
+    assert full["changed"]["swap_technique"] > 0
+    made.clear()
+    short = run_motion_control(caption, clips, short_scorer, real=(full["captions"]["real"], full["metrics"]["real"]))
+    assert made == [len(clips)] * 2 and short_scorer.calls == 2  # only the two swaps
+    assert short == full
