@@ -15,12 +15,8 @@ DEMO_SET ?=
 	.venv/bin/pip install -q -r requirements.txt
 	touch $@
 
-# Two test processes (one per core of the 2-core CI machine): most slow tests run one single-threaded
-# subprocess and would leave a core idle. Each test file stays in one process (--dist loadfile), so a file's
-# trained fixtures are built once. TEST_JOBS=0 runs them in this process, one after the other.
-TEST_JOBS ?= 2
 test: .venv/.installed
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist loadfile) tests
+	$(PY) -m pytest -q tests
 
 # The edit-test loop: every test not marked slow (no subprocess training runs, torchrun or Java scoring).
 test-fast: .venv/.installed
