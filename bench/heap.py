@@ -11,7 +11,8 @@ T5 d_model 512 × 6), branch 0, batch 4, every step a new batch whose clips are 
   batches of changing shape the heap keeps growing.
 * ``mmap_threshold``: glibc with ``MALLOC_MMAP_THRESHOLD_=131072`` (fixed, so never raised): large blocks
   are always mapped and unmapped.
-* ``trim``: glibc, with ``malloc_trim(0)`` after every step, as the trainer does (TRAIN.MALLOC_TRIM).
+* ``trim`` / ``trim_every_10``: glibc, with ``malloc_trim(0)`` after every step / every 10th step, as the
+  trainer does with TRAIN.MALLOC_TRIM: 1 / 10 (its default).
 * ``jemalloc`` / ``tcmalloc``: Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` through ``LD_PRELOAD``
   (skipped when not installed).
 
@@ -40,6 +41,7 @@ VARIANTS = {
     "glibc": {},
     "mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"},
     "trim": {},
+    "trim_every_10": {},
     "jemalloc": {"LD_PRELOAD": str(LIBS / "libjemalloc.so.2")},
     "tcmalloc": {"LD_PRELOAD": str(LIBS / "libtcmalloc_minimal.so.4")},
 }
@@ -55,14 +57,15 @@ def worker(spec: dict) -> None:
     model, cfg = build_model(sizes, 0, device)
     step = TrainStep(model, cfg, device)
     rng = random.Random(0)
-    trim = heap_trimmer() if spec["variant"] == "trim" else None
+    trim = heap_trimmer() if spec["variant"].startswith("trim") else None
+    trim_every = 10 if spec["variant"] == "trim_every_10" else 1
     rss, times = [], []
     for i in range(spec["steps"]):
         lengths = [rng.randint(sizes.min_frames, sizes.max_frames) for _ in range(sizes.batch)]
         (batch, labels), = prepared_batches(model, sizes, [lengths], device, seed=1000 + i)
         t0 = time.perf_counter()
         step(batch, labels)
-        if trim is not None:
+        if trim is not None and (i + 1) % trim_every == 0:
             trim(0)
         times.append(time.perf_counter() - t0)
         rss.append(round(rss_mib("VmRSS"), 1))

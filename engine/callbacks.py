@@ -56,16 +56,18 @@ class Callback:
 
 
 class HeapTrim(Callback):
-    """After every optimizer step, glibc's free heap pages go back to the system (TRAIN.MALLOC_TRIM): without
-    it a rank's resident memory grows with batches of changing length (common/heap.py, bench/heap.py)."""
+    """Every `every` optimizer steps, glibc's free heap pages go back to the system (TRAIN.MALLOC_TRIM): without
+    it a rank's resident memory grows with batches of changing length (common/heap.py). Not after every step:
+    the pages returned are mapped again by the next step, which costs ~20 % of a step (bench/heap.py)."""
 
-    def __init__(self):
+    def __init__(self, every: int):
+        self.every = every
         self.trim = heap_trimmer()
         if self.trim is None:
             log.info("TRAIN.MALLOC_TRIM: this C library has no malloc_trim; nothing to do")
 
     def after_optimizer_step(self, trainer, loss, grad_norm, stepped):
-        if self.trim is not None:
+        if self.trim is not None and trainer.global_step % self.every == 0:
             self.trim(0)
 
 

@@ -118,8 +118,9 @@ class TrainConfig:
     LOG_EVERY: int = key(10, Range(1, 10**9))  # optimizer steps between tensorboard scalars
     MAX_BAD_STEPS: int = key(5, Range(0, 1000000))  # consecutive non-finite losses tolerated (step skipped) before aborting
     PG_TIMEOUT_S: int = key(1800, Range(1, 604800))  # process-group timeout: a crashed rank never hangs the others forever
-    # glibc's malloc_trim(0) after every optimizer step: resident memory stays flat with batches of changing length
-    MALLOC_TRIM: bool = True
+    # glibc's malloc_trim(0) every N optimizer steps (0 = never): with batches of changing length glibc's heap keeps
+    # the freed memory and grows; each trim returns it, and the next steps pay to map it again (bench/heap.py)
+    MALLOC_TRIM: int = key(10, Range(0, 10**9))
 
 
 @dataclass

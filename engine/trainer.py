@@ -105,7 +105,7 @@ class Trainer:
         self.early_stopping = EarlyStopping(BEST_BY, cfg.EVAL.EARLY_STOP_PATIENCE, cfg.OPTIMIZER.MAX_EPOCH)
         self.callbacks: list[Callback] = [FaultInjection(), TensorBoardLogging(self.tb, cfg.TRAIN.LOG_EVERY),
                                           ValidationLossHistory(), self.early_stopping,
-                                          *([HeapTrim()] if cfg.TRAIN.MALLOC_TRIM else []), *callbacks]
+                                          *([HeapTrim(cfg.TRAIN.MALLOC_TRIM)] if cfg.TRAIN.MALLOC_TRIM else []), *callbacks]
         self._val_pairs: Optional[TrainDataset] = None  # (test clip, label) pairs, built at the first evaluation
         self.motion_gap: Optional[float] = None  # set by validation_loss
         if exp.resume_state is not None:

@@ -33,15 +33,17 @@ def test_heap_trimmer_returns_free_heap_pages_to_the_system():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("on", [True, False])
-def test_the_trainer_trims_the_heap_after_every_optimizer_step_when_asked(tmp_path, monkeypatch, on):
+@pytest.mark.parametrize("every", [1, 2, 0])
+def test_the_trainer_trims_the_heap_every_n_optimizer_steps(tmp_path, monkeypatch, every):
     import engine.callbacks
     from engine.trainer import Trainer
 
     calls = []
-    monkeypatch.setattr(engine.callbacks, "heap_trimmer", lambda: calls.append)
+    monkeypatch.setattr(engine.callbacks, "heap_trimmer", lambda: lambda pad: calls.append((trainer.global_step, pad)))
     cfg_file = write_experiment(tmp_path / "exp", tiny_data(tmp_path / "data"), OPTIMIZER={"MAX_EPOCH": 1},
-                                TRAIN={"SANITY_EVAL": False, "MALLOC_TRIM": on}, EVAL={"SCORE": False})
+                                TRAIN={"SANITY_EVAL": False, "MALLOC_TRIM": every}, EVAL={"SCORE": False})
     trainer = Trainer(build_in_process(cfg_file), one_cpu_process())
     trainer.fit(None)
-    assert calls == ([0] * trainer.global_step if on else []) and trainer.global_step > 0
+    assert trainer.global_step >= 3
+    expected = [(step, 0) for step in range(1, trainer.global_step + 1) if every and step % every == 0]
+    assert calls == expected
