@@ -12,7 +12,7 @@ T5 d_model 512 × 6), branch 0, batch 4, every step a new batch whose clips are 
 * ``mmap_threshold``: glibc with ``MALLOC_MMAP_THRESHOLD_=131072`` (fixed, so never raised): large blocks
   are always mapped and unmapped.
 * ``trim`` / ``trim_every_10``: glibc, with ``malloc_trim(0)`` after every step / every 10th step, as the
-  trainer does with TRAIN.MALLOC_TRIM: 1 / 10 (its default).
+  trainer does with TRAIN.MALLOC_TRIM: 1 (its default) / 10.
 * ``jemalloc`` / ``tcmalloc``: Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` through ``LD_PRELOAD``
   (skipped when not installed).
 

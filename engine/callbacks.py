@@ -57,8 +57,8 @@ class Callback:
 
 class HeapTrim(Callback):
     """Every `every` optimizer steps, glibc's free heap pages go back to the system (TRAIN.MALLOC_TRIM): without
-    it a rank's resident memory grows with batches of changing length (common/heap.py). Not after every step:
-    the pages returned are mapped again by the next step, which costs ~20 % of a step (bench/heap.py)."""
+    it a rank's resident memory grows with batches of changing length (common/heap.py). The next step maps the
+    returned pages again, which has a cost (bench/heap.py); trimming less often does not lower the peak."""
 
     def __init__(self, every: int):
         self.every = every

@@ -120,7 +120,7 @@ class TrainConfig:
     PG_TIMEOUT_S: int = key(1800, Range(1, 604800))  # process-group timeout: a crashed rank never hangs the others forever
     # glibc's malloc_trim(0) every N optimizer steps (0 = never): with batches of changing length glibc's heap keeps
     # the freed memory and grows; each trim returns it, and the next steps pay to map it again (bench/heap.py)
-    MALLOC_TRIM: int = key(10, Range(0, 10**9))
+    MALLOC_TRIM: int = key(1, Range(0, 10**9))
 
 
 @dataclass
