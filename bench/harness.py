@@ -122,6 +122,13 @@ def emit(result: dict) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
+def write_results(path: Path, doc: dict) -> None:
+    """A benchmark's results as indented JSON, and the line saying where they went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def progress(message: str) -> None:
     """Worker progress on stderr: shown by the parent when a worker fails or hangs."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import REPO, LoadMeter, emit, rss_mib, run_workers
+from bench.harness import REPO, LoadMeter, emit, rss_mib, run_workers, write_results
 from common.heap import heap_trimmer
 from bench.workload import QUICK, Sizes, TrainStep, build_model, prepared_batches
 
@@ -105,9 +105,7 @@ def main(argv=None) -> dict:
               f"{r['median_step_s']:.2f} s (other processes used {load[variant]} of the CPUs)", flush=True)
     doc = {"results": results, "other_processes_cpu_share": load,
            "settings": {**asdict(sizes), "quick": args.quick, "threads": args.threads, "steps": steps}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, doc)
     return doc
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import REPO, LoadMeter, emit, rss_mib, run_workers, summary, time_calls
+from bench.harness import REPO, LoadMeter, emit, rss_mib, run_workers, write_results, summary, time_calls
 from bench.workload import QUICK, Sizes, TrainStep, build_model, prepared_batches, random_lengths
 
 T5_BASE = Sizes(d_model=768, layers=12, heads=12, d_ff=3072)
@@ -68,9 +68,7 @@ def main(argv=None) -> dict:
               f"(other processes used {load[variant]} of the CPUs)", flush=True)
     doc = {"results": results, "other_processes_cpu_share": load, "settings": {**asdict(sizes), "quick": args.quick,
                                                                                   "threads": args.threads}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, doc)
     return doc
 
 
