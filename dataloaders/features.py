@@ -1,5 +1,8 @@
-"""Encoder input features: joint positions and bone vectors, layout [..., 6, T, 22]; facing normalisation."""
+"""Encoder input features: joint positions and bone vectors, layout [..., 6, T, 22]; facing normalisation;
+training-time turn and scale augmentation."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -30,8 +33,27 @@ def face_forward(coords: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"face_forward: last dim is {coords.shape[-1]}, expected 66 (x,y,z of 22 joints)")
     joints = coords.reshape(*coords.shape[:-1], N_JOINTS, 3)  # [..., T, 22, 3]
     hips = joints[..., 0, RIGHT_HIP, :] - joints[..., 0, LEFT_HIP, :]  # first frame, [..., 3]
-    angle = torch.atan2(hips[..., 2], hips[..., 0])[..., None, None]  # hips' heading in the x-z plane
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    return turn_about_vertical(coords, torch.atan2(hips[..., 2], hips[..., 0]))  # minus the hips' heading
+
+
+def turn_about_vertical(coords: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """[..., T, 66] turned about the vertical (y) axis through the origin by `angle` [...] radians, one angle
+    per clip; a positive angle turns +x towards -z. A rigid motion of the whole clip: bone lengths and the
+    vertical stay, zero frames stay zero."""
+    joints = coords.reshape(*coords.shape[:-1], N_JOINTS, 3)  # [..., T, 22, 3]
+    cos, sin = torch.cos(angle)[..., None, None], torch.sin(angle)[..., None, None]
     x, y, z = joints.unbind(-1)
-    turned = torch.stack([cos * x + sin * z, y, cos * z - sin * x], dim=-1)
-    return turned.reshape(coords.shape)
+    return torch.stack([cos * x + sin * z, y, cos * z - sin * x], dim=-1).reshape(coords.shape)
+
+
+def augment_turn_and_scale(coords: torch.Tensor, max_turn_deg: float, max_scale: float) -> torch.Tensor:
+    """[B, T, 66] with each clip turned about the vertical axis by an angle uniform in ±max_turn_deg and scaled
+    by a factor uniform in [1 - max_scale, 1 + max_scale]. Draws from torch's global CPU generator, whose state
+    every checkpoint holds, so a resumed run draws what the uninterrupted one would have."""
+    if not max_turn_deg and not max_scale:
+        return coords
+    batch = coords.shape[0]
+    angle = (torch.rand(batch) * 2 - 1) * math.radians(max_turn_deg)
+    scale = 1 + (torch.rand(batch) * 2 - 1) * max_scale
+    turned = turn_about_vertical(coords, angle.to(coords.device, coords.dtype))
+    return turned * scale.to(coords.device, coords.dtype)[:, None, None]

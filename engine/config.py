@@ -75,6 +75,11 @@ class DataConfig:
     BUCKET_BY_LENGTH: bool = True  # group clips of similar length into a batch (less padding)
     MAX_FRAMES: int = key(1000, Range(1, 100000))  # a longer clip is refused, naming it (memory grows with T; HumanML3D clips <= 196)
     MAX_LABEL_TOKENS: int = key(128, Range(1, 4096))  # a longer label is cropped to this many tokens, with a warning naming the clip
+    # Training-time augmentation, not in the original (0 = off): each training clip turned about the vertical
+    # axis by an angle uniform in ±AUGMENT_TURN_DEG (the camera's heading varies within a person) and scaled by
+    # a factor uniform in 1 ± AUGMENT_SCALE. The standards are not turned.
+    AUGMENT_TURN_DEG: float = key(0.0, Range(0.0, 180.0))
+    AUGMENT_SCALE: float = key(0.0, Range(0.0, 0.5))
 
 
 @dataclass
@@ -307,6 +312,9 @@ def check_config(cfg: Config) -> None:
     if cfg.T5.WORD_BAG and cfg.T5.MOTION_MARGIN:
         raise UserError(f"config keys T5.WORD_BAG={cfg.T5.WORD_BAG}, T5.MOTION_MARGIN={cfg.T5.MOTION_MARGIN}: "
                         "use one auxiliary loss at a time (set the other to 0)")
+    if cfg.DATA.AUGMENT_TURN_DEG and cfg.TRANSFORMATION.CANONICAL_FACING:
+        raise UserError(f"config keys DATA.AUGMENT_TURN_DEG={cfg.DATA.AUGMENT_TURN_DEG}, TRANSFORMATION.CANONICAL_FACING"
+                        "=true: facing every clip forward undoes the turn; set one of them off")
     if cfg.RETRIEVAL.LABEL_INDEX >= 0 and not cfg.RETRIEVAL.NEIGHBOURS:
         raise UserError(f"config key RETRIEVAL.LABEL_INDEX={cfg.RETRIEVAL.LABEL_INDEX}: needs RETRIEVAL.NEIGHBOURS > 0 "
                         "(it picks which label of the retrieved clips is the prompt); set it or LABEL_INDEX to -1")

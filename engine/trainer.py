@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from common.files import atomic_write_json
 from dataloaders.datasets import TrainDataset, collate, freeze_before_fork
+from dataloaders.features import augment_turn_and_scale
 from dataloaders.samplers import BucketedDistributedSampler, ShardedEvalSampler
 from engine import checkpoint as ckpt
 from engine.callbacks import (Callback, EarlyStopping, FaultInjection, HeapTrim, TensorBoardLogging,
@@ -320,6 +321,8 @@ class Trainer:
         module = self.ddp or self.model
         labels = self.exp.model.codec.encode_targets(batch["texts"]).to(self.dist.device)
         batch = move_batch(batch, self.dist.device)
+        data = self.cfg.DATA
+        batch["coordinates"] = augment_turn_and_scale(batch["coordinates"], data.AUGMENT_TURN_DEG, data.AUGMENT_SCALE)
         no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
         with no_sync:
             with torch.autocast(self.dist.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):

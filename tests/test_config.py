@@ -60,6 +60,9 @@ def test_a_wrong_type_names_key_value_and_expected_type(tmp_path):
     ("OUT_CHANNEL=100", r"OUT_CHANNEL must equal 4 × HIDDEN_CHANNEL"),
     ("DROPOUT=1.5", r"DROPOUT: got 1.5, expected a finite value in \[0.0, 1.0\)"),
     ("T5.WORD_BAG=0.5 T5.MOTION_MARGIN=0.2", r"T5.WORD_BAG=0.5, T5.MOTION_MARGIN=0.2: use one auxiliary loss"),
+    ("DATA.AUGMENT_TURN_DEG=30 TRANSFORMATION.CANONICAL_FACING=true",
+     r"DATA.AUGMENT_TURN_DEG=30.0, TRANSFORMATION.CANONICAL_FACING=true: facing every clip forward undoes"),
+    ("DATA.AUGMENT_TURN_DEG=200", r"AUGMENT_TURN_DEG: got 200.0, expected a finite value in \[0.0, 180.0\]"),
 ])
 def test_bad_values_are_rejected(tmp_path, override, message):
     with pytest.raises(UserError, match=message):

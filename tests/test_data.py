@@ -11,7 +11,7 @@ import torch
 from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
 from dataloaders.datasets import EvalDataset, TrainDataset, collate, load_dataset
 from common.skeleton import SMPL_PARENTS
-from dataloaders.features import face_forward, skeleton_features
+from dataloaders.features import augment_turn_and_scale, face_forward, skeleton_features, turn_about_vertical
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import validate_clips
 from common.errors import UserError
@@ -232,7 +232,7 @@ def test_features_of_a_batch_equal_features_per_clip_and_padding_stays_zero():
 
 def _turn_about_y(coords: torch.Tensor, degrees: float) -> torch.Tensor:
     """Rotation about the vertical axis written out with a rotation matrix (independent of face_forward)."""
-    a = torch.tensor(math.radians(degrees))
+    a = math.radians(float(degrees))
     R = torch.tensor([[math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0], [-math.sin(a), 0.0, math.cos(a)]],
                      dtype=coords.dtype)
     return (coords.reshape(*coords.shape[:-1], 22, 3) @ R.T).reshape(coords.shape)
@@ -265,6 +265,45 @@ def test_face_forward_of_a_batch_equals_per_clip_and_keeps_padding_zero():
     for b in range(3):
         torch.testing.assert_close(batch[b], face_forward(coords[b]), rtol=0, atol=0)
     assert torch.equal(batch[1, 4:], torch.zeros(3, 66))
+
+
+def test_turn_about_vertical_turns_each_clip_by_its_own_angle():
+    coords = torch.randn(3, 5, 66, dtype=torch.float64)
+    angles = [20.0, -90.0, 170.0]
+    out = turn_about_vertical(coords, torch.tensor([math.radians(a) for a in angles], dtype=torch.float64))
+    for b, a in enumerate(angles):
+        torch.testing.assert_close(out[b], _turn_about_y(coords[b], a))
+
+
+def _heading(coords: torch.Tensor) -> torch.Tensor:
+    """The first frame's hip line's heading in the x-z plane, as face_forward measures it."""
+    joints = coords.reshape(*coords.shape[:-1], 22, 3)
+    hips = joints[..., 0, 2, :] - joints[..., 0, 1, :]
+    return torch.atan2(hips[..., 2], hips[..., 0])
+
+
+def test_augmentation_turns_and_scales_each_clip_within_its_bounds_and_keeps_padding_zero():
+    torch.manual_seed(0)
+    coords = torch.randn(64, 7, 66, dtype=torch.float64)
+    coords[5, 4:] = 0
+    out = augment_turn_and_scale(coords, 30.0, 0.1)
+    scale = out.flatten(1).norm(dim=1) / coords.flatten(1).norm(dim=1)  # a turn keeps the norm
+    assert ((scale >= 0.9) & (scale <= 1.1)).all() and scale.std() > 0.02
+    turn = torch.remainder(_heading(coords) - _heading(out) + math.pi, 2 * math.pi) - math.pi
+    assert (turn.abs() <= math.radians(30) + 1e-9).all() and turn.abs().max() > math.radians(20)
+    for b in range(64):  # rigid about the vertical axis, then scaled: nothing else changed
+        torch.testing.assert_close(out[b] / scale[b], _turn_about_y(coords[b], math.degrees(turn[b])))
+    assert torch.equal(out[5, 4:], torch.zeros(3, 66))
+    assert augment_turn_and_scale(coords, 0.0, 0.0) is coords  # off: the batch as it came
+
+
+def test_augmentation_draws_from_the_global_generator_that_checkpoints_hold():
+    coords = torch.randn(4, 6, 66)
+    torch.manual_seed(1)
+    first = augment_turn_and_scale(coords, 180.0, 0.2)
+    torch.manual_seed(1)
+    assert torch.equal(augment_turn_and_scale(coords, 180.0, 0.2), first)
+    assert not torch.equal(augment_turn_and_scale(coords, 180.0, 0.2), first)
 
 
 # ----------------------------------------------------------------------------- datasets and collate

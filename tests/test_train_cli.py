@@ -22,6 +22,8 @@ from tests.cli_helpers import (TRAIN_SCRIPT, build_in_process, captured_log, che
 pytestmark = pytest.mark.timeout(300)
 
 TOL = 1e-6
+# The 1-process runs turn and scale their clips at random: a resume must draw the same turns too.
+AUGMENT = {"AUGMENT_TURN_DEG": 45.0, "AUGMENT_SCALE": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,9 @@ def test_names(data):
 
 @pytest.fixture(scope="module")
 def baseline_1p(data, tmp_path_factory):
-    """Uninterrupted plain-python pretraining, 2 epochs of 3 batches: the reference of 1-process resumes."""
-    cfg = write_experiment(tmp_path_factory.mktemp("baseline_1p"), data)
+    """Uninterrupted plain-python pretraining, 2 epochs of 3 batches, with augmentation: the reference of
+    1-process resumes."""
+    cfg = write_experiment(tmp_path_factory.mktemp("baseline_1p"), data, DATA=AUGMENT)
     res = run_train(cfg)
     assert res.returncode == 0, explain(res)
     return cfg.parent
@@ -124,7 +127,7 @@ def test_one_process_resume_after_sigterm_and_after_a_crash_is_exact(baseline_1p
     """SIGTERM inside epoch 1, SIGTERM in its last batch, then a hard crash as epoch 2 starts: each relaunch
     continues, and the last one ends exactly where the uninterrupted run ends."""
     exp = tmp_path / "exp"
-    cfg = write_experiment(exp, data, CHECKPOINT={"KEEP_LAST": 1})
+    cfg = write_experiment(exp, data, CHECKPOINT={"KEEP_LAST": 1}, DATA=AUGMENT)
     ckpts = exp / "pretrain_checkpoints"
 
     res = run_train(cfg, env=cli_env(M2T_TEST_SIGTERM_AT="1:0"))  # signal during batch 0 of epoch 1
