@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -139,11 +140,49 @@ def start(cmd: list[str], env: Optional[dict] = None, cwd: Path = REPO) -> subpr
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group that `start` created for `proc` (torchrun and its workers), if still running."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, theirs, and so on (from /proc). torchrun starts each worker in a session of
+    its own, so a signal to torchrun's process group does not reach them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # the process ended while we read
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_group(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL `proc`'s process group (see `start`) and every process it started: torchrun and its workers.
+    Returns the pids of the processes it started."""
+    pids = descendants(proc.pid)
+    for kill, target in [(os.killpg, proc.pid)] + [(os.kill, p) for p in pids]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(target, signal.SIGKILL)
+    return pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie's files are closed
+    except (OSError, IndexError):
+        return False
+
+
+def wait_until_gone(pids: list[int], timeout: float = 60) -> None:
+    """Wait until none of `pids` runs: a killed worker holds its files (rank 0: the experiment's lock) until the
+    kernel has torn it down, which can outlast the moment its parent is reaped."""
+    deadline = time.monotonic() + timeout
+    while any(_running(p) for p in pids):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {[p for p in pids if _running(p)]} still run {timeout:.0f}s after SIGKILL")
+        time.sleep(0.05)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> subprocess.CompletedProcess:

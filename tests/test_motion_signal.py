@@ -34,7 +34,8 @@ def test_noise_by_source_and_the_model_left_as_it_was(data, tmp_path, one_thread
     state = {k: v.clone() for k, v in model.state_dict().items()}
     out = signal_and_noise(model, exp.train_set.clips[:8], exp.train_set.segment, batch_size=4, repeats=2)
     assert out["signal"] > 0
-    assert out["noise: T5 dropout"] == 0 and out["noise: projection dropout"] == 0  # both switched off
+    off = 1e-9 * out["signal"]  # both switched off: what is left is float rounding between kernels
+    assert out["noise: T5 dropout"] <= off and out["noise: projection dropout"] <= off
     assert out["noise: STA-GCN dropout"] > 0 and out["noise: batch statistics"] > 0
     assert out["noise: all"] >= max(out["noise: STA-GCN dropout"], out["noise: batch statistics"]) * 0.5
     assert not model.training

@@ -33,7 +33,7 @@ import common.files
 from common.errors import EXIT_USER_ERROR, UserError
 from tests.cli_helpers import (REPO, TRAIN_SCRIPT, build_in_process, captured_log, checkpoint_files, cli_env, explain,
                                kill_group, load_final, max_param_diff, one_cpu_process, read_json, run, run_train,
-                               tiny_data, torchrun_cmd, train_cmd, write_experiment)
+                               tiny_data, torchrun_cmd, train_cmd, wait_until_gone, write_experiment)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # subprocess training runs and torchrun
 
@@ -115,8 +115,9 @@ def test_kill_9_of_a_two_process_job_at_a_random_point_then_relaunch_ends_as_an_
                     seen.append(line)
             time.sleep(delay)
             assert proc.poll() is None, f"{point}: the run ended before the kill\n" + "".join(seen)
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once, no handler runs
+            workers = kill_group(proc)  # torchrun and both workers at once, no handler runs
             proc.wait(timeout=30)
+            wait_until_gone(workers)  # the relaunch is "the same command" once every process has died
         finally:
             kill_group(proc)
             proc.stdout.close()
