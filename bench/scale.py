@@ -717,7 +717,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="both parts at tiny size (smoke test, < 1 min)")
     ap.add_argument("--only", nargs="+", choices=["throughput", "memory"], default=["throughput", "memory"])
     ap.add_argument("--out", default=str(REPO / "bench" / "scale_results.json"))
-    ap.add_argument("--clips", type=int, default=None, help="throughput corpus (default 256; quick 24)")
+    ap.add_argument("--clips", type=int, default=None, help="throughput corpus (default 256; quick 16)")
     ap.add_argument("--batch-size", type=int, default=None, help="throughput batch (default 16; quick 8)")
     ap.add_argument("--timed-epochs", type=int, default=None, help="epochs timed after the warm-up epoch (2; quick 1)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per setting, alternated")
@@ -725,9 +725,9 @@ def parse_args(argv=None):
                     help="OMP_NUM_THREADS of the throughput process (default 2, one per core; quick 1: a smoke "
                          "test on a shared machine must not spin two OpenMP threads against other jobs)")
     ap.add_argument("--mem-clips", type=int, default=None, help="memory corpus (default 30000; quick 400)")
-    ap.add_argument("--mem-steps", type=int, default=None, help="steps before sampling memory (default 8; quick 3)")
-    ap.add_argument("--mem-samples", type=int, default=None, help="memory samples of the job (default 4; quick 3)")
-    ap.add_argument("--mem-interval", type=float, default=None, help="seconds between them (default 15; quick 2)")
+    ap.add_argument("--mem-steps", type=int, default=None, help="steps before sampling memory (default 8; quick 2)")
+    ap.add_argument("--mem-samples", type=int, default=None, help="memory samples of the job (default 4; quick 2)")
+    ap.add_argument("--mem-interval", type=float, default=None, help="seconds between them (default 15; quick 1)")
     ap.add_argument("--mem-timeout", type=float, default=900, help="seconds to wait for those steps")
     ap.add_argument("--mem-script", default=str(REPO / "train_t5_stagcn.py"),
                     help="entry torchrun runs in the memory part (e.g. a copy with a proposed fix patched in)")
@@ -738,9 +738,9 @@ def parse_args(argv=None):
     ap.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     quick = args.quick
-    for key, full, small in (("clips", 256, 24), ("batch_size", 16, 8), ("timed_epochs", 2, 1),
-                             ("mem_clips", 30000, 400), ("mem_steps", 8, 3), ("threads", 2, 1),
-                             ("mem_samples", 4, 3), ("mem_interval", 15.0, 2.0)):
+    for key, full, small in (("clips", 256, 16), ("batch_size", 16, 8), ("timed_epochs", 2, 1),
+                             ("mem_clips", 30000, 400), ("mem_steps", 8, 2), ("threads", 2, 1),
+                             ("mem_samples", 4, 2), ("mem_interval", 15.0, 1.0)):
         if getattr(args, key) is None:
             setattr(args, key, small if quick else full)
     return args

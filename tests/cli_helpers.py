@@ -13,8 +13,9 @@ Every command runs in a subprocess with OMP_NUM_THREADS=1 and a timeout; torchru
 from __future__ import annotations
 
 import contextlib
-import logging
+import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -69,7 +70,9 @@ def tiny_config(data: dict[str, Path], pretrain: bool = True, **sections) -> dic
                  "BATCH_SIZE": 8, "EVAL_BATCH_SIZE": 64},
         "OPTIMIZER": {"LR": 1.0e-3, "MAX_EPOCH": 2, "WARMUP_STEPS": 5},
         "T5": {"D_MODEL": 32, "NUM_LAYERS": 1, "NUM_HEADS": 4, "D_KV": 8, "D_FF": 64, "VOCAB_SIZE": 300},
-        "TRAIN": {"LOG_EVERY": 1},  # tensorboard train/loss and train/lr at every optimizer step
+        # tensorboard train/loss and train/lr at every optimizer step; no evaluation before the first epoch unless
+        # a test asks for it (SANITY_EVAL: true), which saves each run a generation pass.
+        "TRAIN": {"LOG_EVERY": 1, "SANITY_EVAL": False},
         "EVAL": {"METEOR": False},
         "GENERATION": {"MAX_LENGTH": 8},
     }
@@ -201,6 +204,36 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> subprocess.Completed
 
 def run(cmd: list[str], env: Optional[dict] = None, timeout: float = 240, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return finish(start(cmd, env, cwd), timeout)
+
+
+def run_main(main, args, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """An entry point's `main(args)` in this process, as its script runs it: stdout and stderr captured, the exit
+    code returned (argparse's exits too), `env` set for the call, one torch thread, and the `motion2text` logger
+    put back after. The command-line path without a process start-up (~5 s of imports) per call; the tests
+    that need a real process (signals, torchrun, what the shell sees) use `run`."""
+    out, err = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("motion2text")
+    saved_log = logger.handlers[:], logger.level, logger.propagate
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    threads = torch.get_num_threads()
+    os.environ.update(env or {})
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved_env.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        for handler in logger.handlers:
+            if handler not in saved_log[0]:
+                handler.close()
+        logger.handlers[:], logger.level, logger.propagate = saved_log
+    return subprocess.CompletedProcess([getattr(main, "__module__", "main"), *map(str, args)], code,
+                                       out.getvalue(), err.getvalue())
 
 
 def train_cmd(cfg_file: Path, *args: str, nproc: int = 0) -> list[str]:

@@ -3,7 +3,8 @@ labelled and unlabelled clips, attention pictures, exit code 2 for user errors.
 
 Metric parity with direct pycocoevalcap calls lives in test_metrics.py. One tiny experiment (HIDDEN 4 / OUT 16,
 1-layer d=32 T5, 16 train / 6 test clips, 1 epoch plus the sanity evaluation) is trained once per module;
-every CLI runs in a subprocess with one thread. METEOR is off wherever it is not the point.
+evaluate.py runs through its main() in this process with one thread (tests.cli_helpers.run_main), and as a
+process where the exit code and the one error line are the point. METEOR is off wherever it is not the point.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from common.errors import EXIT_USER_ERROR, UserError
+from tests.cli_helpers import run_main
 
 REPO = Path(__file__).resolve().parent.parent
 EVALUATE = REPO / "evaluate.py"
@@ -45,6 +47,14 @@ def env() -> dict:
 
 
 def run(*args, timeout: float = 180) -> subprocess.CompletedProcess:
+    """evaluate.py's main() in this process (tests.cli_helpers.run_main); `timeout` is for `run_cli`'s signature."""
+    import evaluate
+
+    return run_main(evaluate.main, args, env={"TQDM_DISABLE": "1"})
+
+
+def run_cli(*args, timeout: float = 180) -> subprocess.CompletedProcess:
+    """evaluate.py as a process: what the shell sees."""
     return subprocess.run([sys.executable, str(EVALUATE), *map(str, args)], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -160,7 +170,7 @@ def test_missing_files_exit_2_with_one_clear_line(tmp_path):
         (["--pred", tmp_path / "bad.json", "--ann", refs], "bad.json: predictions file is not valid JSON"),
     ]
     for args, expected in cases:
-        res = run(*args, "--no-meteor") if "--exp" not in args else run(*args)
+        res = run_cli(*args, "--no-meteor") if "--exp" not in args else run_cli(*args)
         assert res.returncode == EXIT_USER_ERROR, explain(res)
         assert res.stderr.startswith("error: ") and expected in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
             explain(res)

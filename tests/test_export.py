@@ -3,29 +3,30 @@ moved, a copy of it in another folder is the same T5, a T5 of other sizes is ref
 writes a folder from which `engine.export.load_exported` rebuilds the same model.
 
 One tiny pretraining run (HIDDEN 4 / OUT 16, a 1-layer d=32 T5 saved with save_pretrained, 1 epoch) is trained
-once per module; its T5 folder is moved away before any test runs. CLIs run in subprocesses with one thread.
+once per module; its T5 folder is moved away before any test runs. Training runs in a subprocess, evaluate.py
+through its main() in this process (tests.cli_helpers.run_main), both with one thread.
 """
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from common.errors import EXIT_USER_ERROR, UserError
-from tests.cli_helpers import (REPO, build_in_process, checkpoint_files, cli_env, explain, max_param_diff, run,
-                               run_train, tiny_data, write_experiment)
+from tests.cli_helpers import (build_in_process, checkpoint_files, explain, max_param_diff, run_main, run_train,
+                               tiny_data, write_experiment)
 
-EVALUATE = REPO / "evaluate.py"
-pytestmark = pytest.mark.slow  # a training run, then evaluate.py subprocesses
+pytestmark = pytest.mark.slow  # training runs
 T5_SIZES = dict(d_model=32, num_layers=1, num_heads=4, d_kv=8, d_ff=64, dropout=0.1)
 
 
 def evaluate(*args) -> subprocess.CompletedProcess:
-    return run([sys.executable, str(EVALUATE), *map(str, args)], env=cli_env(TQDM_DISABLE="1"), timeout=240)
+    import evaluate as script
+
+    return run_main(script.main, args, env={"TQDM_DISABLE": "1"})
 
 
 def save_local_t5(folder: Path, captions: list[str], **sizes) -> Path:

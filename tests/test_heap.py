@@ -32,18 +32,32 @@ def test_heap_trimmer_returns_free_heap_pages_to_the_system():
             libc.free(b)
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    data = tiny_data(tmp_path_factory.mktemp("data"))
+    return lambda every: write_experiment(tmp_path_factory.mktemp("exp"), data, OPTIMIZER={"MAX_EPOCH": 1},
+                                          TRAIN={"MALLOC_TRIM": every}, EVAL={"SCORE": False})
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("every", [1, 2, 0])
-def test_the_trainer_trims_the_heap_every_n_optimizer_steps(tmp_path, monkeypatch, every):
+def test_the_trainer_trims_the_heap_every_n_optimizer_steps(tiny_run, monkeypatch):
     import engine.callbacks
     from engine.trainer import Trainer
 
     calls = []
     monkeypatch.setattr(engine.callbacks, "heap_trimmer", lambda: lambda pad: calls.append((trainer.global_step, pad)))
-    cfg_file = write_experiment(tmp_path / "exp", tiny_data(tmp_path / "data"), OPTIMIZER={"MAX_EPOCH": 1},
-                                TRAIN={"SANITY_EVAL": False, "MALLOC_TRIM": every}, EVAL={"SCORE": False})
-    trainer = Trainer(build_in_process(cfg_file), one_cpu_process())
+    trainer = Trainer(build_in_process(tiny_run(2)), one_cpu_process())
     trainer.fit(None)
-    assert trainer.global_step >= 3
-    expected = [(step, 0) for step in range(1, trainer.global_step + 1) if every and step % every == 0]
-    assert calls == expected
+    assert trainer.global_step == 3
+    assert calls == [(2, 0)]  # after step 2 of 3: every 2nd step, not after the others
+
+
+def test_malloc_trim_0_adds_no_trim_and_1_trims_after_every_step(tiny_run):
+    from engine.callbacks import HeapTrim
+    from engine.trainer import Trainer
+
+    exp = build_in_process(tiny_run(0))
+    assert not any(isinstance(cb, HeapTrim) for cb in Trainer(exp, one_cpu_process()).callbacks)
+    exp = build_in_process(tiny_run(1))
+    (trim,) = [cb for cb in Trainer(exp, one_cpu_process()).callbacks if isinstance(cb, HeapTrim)]
+    assert trim.every == 1

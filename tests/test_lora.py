@@ -139,17 +139,19 @@ def test_lora_keys_are_checked():
 # ---- a run with adapters on a local T5 folder --------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_lora_run_on_a_local_t5_resumes_exactly_keeps_t5_and_exports_a_plain_model(tmp_path):
+def test_a_lora_run_on_a_local_t5_resumes_exactly_keeps_t5_and_exports_a_plain_model(tmp_path, capsys, one_thread,
+                                                                                       restore_logging):
     import shutil
-    import sys
+
+    import evaluate
+    import train_t5_stagcn  # the entry points' main(), in this process: five runs without five start-ups
 
     from dataloaders.formats import load_clips
     from engine.config_loader import load_config
     from engine.export import load_exported
     from engine.prediction import captions_of, load_inference_clips
     from engine.weights import load_model, resolve_checkpoint
-    from tests.cli_helpers import (REPO, checkpoint_files, cli_env, explain, load_final, max_param_diff, run,
-                                   run_train, tiny_data, write_experiment)
+    from tests.cli_helpers import checkpoint_files, load_final, max_param_diff, tiny_data, write_experiment
     from tests.test_export import captions_of as label_texts
     from tests.test_export import save_local_t5
     from transformers import T5ForConditionalGeneration
@@ -159,15 +161,14 @@ def test_a_lora_run_on_a_local_t5_resumes_exactly_keeps_t5_and_exports_a_plain_m
     sections = dict(T5={"NAME": str(t5_dir), "LORA": {**LORA, "DROPOUT": 0.1}, "FREEZE": "ALL_BUT_LORA"},
                     TRAIN={"SANITY_EVAL": False}, EVAL={"SCORE": False, "METRIC_PERIOD": 100})  # no scoring needed
     straight = write_experiment(tmp_path / "straight", data, OPTIMIZER={"MAX_EPOCH": 2}, **sections)
-    res = run_train(straight, "--dry-run")
-    assert res.returncode == 0, explain(res)
-    assert "trainable of" in res.stdout + res.stderr
-    res = run_train(straight)
-    assert res.returncode == 0, explain(res)
+    assert train_t5_stagcn.main(["--cfg_file", str(straight), "--dry-run"]) == 0
+    assert "trainable of" in capsys.readouterr().out
+    assert train_t5_stagcn.main(["--cfg_file", str(straight)]) == 0
     resumed = write_experiment(tmp_path / "resumed", data, OPTIMIZER={"MAX_EPOCH": 1}, **sections)
-    assert run_train(resumed).returncode == 0
-    res = run_train(resumed, "--set", "OPTIMIZER.MAX_EPOCH=2")
-    assert res.returncode == 0 and "resuming from" in res.stdout + res.stderr, explain(res)
+    assert train_t5_stagcn.main(["--cfg_file", str(resumed)]) == 0
+    capsys.readouterr()
+    assert train_t5_stagcn.main(["--cfg_file", str(resumed), "--set", "OPTIMIZER.MAX_EPOCH=2"]) == 0
+    assert "resuming from" in capsys.readouterr().out
     assert checkpoint_files(tmp_path / "resumed" / "pretrain_checkpoints")[-1] == "epoch_0002.pt"
     a, b = load_final(tmp_path / "straight" / "pretrain_checkpoints"), load_final(tmp_path / "resumed" / "pretrain_checkpoints")
     assert max_param_diff(a["model"], b["model"]) == 0.0  # resume with adapters is exact
@@ -179,9 +180,7 @@ def test_a_lora_run_on_a_local_t5_resumes_exactly_keeps_t5_and_exports_a_plain_m
 
     shutil.move(str(t5_dir), str(tmp_path / "t5_moved"))  # an export needs neither the folder nor peft's names
     folder = tmp_path / "export"
-    res = run([sys.executable, str(REPO / "evaluate.py"), "--exp", str(straight.parent), "--checkpoint", "latest",
-               "--export", str(folder)], env=cli_env(TQDM_DISABLE="1"))
-    assert res.returncode == 0, explain(res)
+    assert evaluate.main(["--exp", str(straight.parent), "--checkpoint", "latest", "--export", str(folder)]) == 0
     loaded = load_exported(folder)
     assert loaded.config.lora == {} and not any("lora_" in k or "base_layer" in k for k in loaded.state_dict())
     cfg = load_config(straight)

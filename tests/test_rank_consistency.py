@@ -11,7 +11,6 @@ no Java is needed (predictions only, plus the metrics where Java is installed).
 """
 from __future__ import annotations
 
-import logging
 import shutil
 
 import pytest
@@ -21,7 +20,7 @@ from tests.cli_helpers import explain, load_final, read_json, run_train, tiny_da
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # torchrun training runs
 
-EPOCHS = 4  # each with an evaluation and a checkpoint, every checkpoint kept
+EPOCHS = 2  # each with an evaluation and a checkpoint, every checkpoint kept
 # 12 test clips: 6 in each rank's shard.
 SIZES = {"train": 24, "test": 12, "pretrain_train": 24, "pretrain_test": 12}
 
@@ -37,15 +36,6 @@ def data(tmp_path_factory):
         dump_clips([{k: v for k, v in c.items() if k != "labels"} for c in load_clips(paths[stem])],
                    paths[f"{stem}_unlabelled"])
     return paths
-
-
-@pytest.fixture
-def restore_logging():
-    """evaluate.main configures the `motion2text` logger; put it back after an in-process call."""
-    logger = logging.getLogger("motion2text")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.mark.parametrize("branch, pretrain", [(0, True), (1, False)], ids=["branch0_pretrain", "branch1_finetune"])

@@ -888,7 +888,8 @@ def test_a_skipped_step_leaves_parameters_and_batchnorm_statistics_as_they_were(
     assert all(torch.isfinite(t.float()).all() for t in seen["after"])
 
 
-def test_resuming_with_a_changed_optimizer_setting_is_refused_naming_each_key(data, tmp_path, capsys):
+def test_resuming_with_a_changed_optimizer_setting_is_refused_naming_each_key(data, tmp_path, capsys, restore_logging,
+                                                                              one_thread):
     import train_t5_stagcn
 
     cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False},

@@ -48,8 +48,9 @@ def baseline_1p(data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_2p(data, tmp_path_factory):
-    """Uninterrupted `torchrun --nproc_per_node 2` (gloo) pretraining: 2 batches per rank per epoch."""
-    cfg = write_experiment(tmp_path_factory.mktemp("run_2p"), data)
+    """Uninterrupted `torchrun --nproc_per_node 2` (gloo) pretraining: 2 batches per rank per epoch, evaluated
+    before the first epoch too."""
+    cfg = write_experiment(tmp_path_factory.mktemp("run_2p"), data, TRAIN={"SANITY_EVAL": True})
     res = run_train(cfg, nproc=2)
     assert res.returncode == 0, explain(res)
     return cfg.parent, res
@@ -151,7 +152,7 @@ def test_one_process_resume_after_sigterm_and_after_a_crash_is_exact(baseline_1p
     assert res.returncode == 0, explain(res)
     assert checkpoint_files(ckpts) == ["epoch_0002.pt"]
     assert_same_training(exp, baseline_1p)
-    # Same parameters, same greedy captions; the sanity evaluation was not repeated on resume.
+    # Same parameters, same greedy captions.
     assert read_json(exp / "jsons" / "results_epoch2.json") == read_json(baseline_1p / "jsons" / "results_epoch2.json")
     assert sorted(read_json(exp / "jsons" / "results_epoch2.json")) == test_names
 
@@ -161,14 +162,16 @@ def test_two_process_resume_after_sigterm_on_one_rank_is_exact(run_2p, data, tmp
     """Only rank 1 gets SIGTERM, inside epoch 2: both ranks stop at the same step, the checkpoint holds
     both ranks' RNG streams, and the relaunch ends where the uninterrupted 2-process run ends."""
     exp = tmp_path / "exp"
-    cfg = write_experiment(exp, data)
+    cfg = write_experiment(exp, data, TRAIN={"SANITY_EVAL": True})
     res = run_train(cfg, nproc=2, env=cli_env(M2T_TEST_SIGTERM_AT="2:0:1"))
     assert res.returncode != 0, explain(res)
     assert checkpoint_files(exp / "pretrain_checkpoints") == ["epoch_0001.pt", "epoch_0001_step_000001.pt"]
+    assert "epoch 0: validation loss" in res.stdout, explain(res)  # the sanity evaluation ran once
 
     res = run_train(cfg, nproc=2)
     assert res.returncode == 0, explain(res)
     assert_same_training(exp, run_2p[0])
+    assert "epoch 0:" not in res.stdout, explain(res)  # and is not repeated on resume
 
 
 # ---- finetuning ----------------------------------------------------------------------------------
@@ -392,28 +395,27 @@ def test_keep_last_k_keeps_the_newest_by_epoch_and_step(tmp_path):
 # ---- early stopping -----------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_early_stop_keeps_the_best_checkpoint_and_a_relaunch_trains_nothing(data, tmp_path):
+def test_early_stop_keeps_the_best_checkpoint_and_a_relaunch_trains_nothing(data, tmp_path, one_thread, capsys,
+                                                                            restore_logging):
+    import train_t5_stagcn  # its main(), in this process: three runs without three start-ups
+
     # LR 1e-12: the captions never change, so the validation CIDEr never beats epoch 1's.
     cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"LR": 1e-12, "MAX_EPOCH": 4},
-                           EVAL={"METRIC_PERIOD": 1, "EARLY_STOP_PATIENCE": 2}, CHECKPOINT={"KEEP_LAST": 1},
-                           TRAIN={"SANITY_EVAL": False})
-    res = run_train(cfg)
-    assert res.returncode == 0, explain(res)
+                           EVAL={"METRIC_PERIOD": 1, "EARLY_STOP_PATIENCE": 2}, CHECKPOINT={"KEEP_LAST": 1})
     exp = cfg.parent
+    assert train_t5_stagcn.main(["--cfg_file", str(cfg)]) == 0
     assert [h["epoch"] for h in read_json(exp / "jsons" / "loss_history.json")] == [1, 2, 3]
-    assert "early stop after epoch 3" in res.stderr + res.stdout
+    assert "early stop after epoch 3" in capsys.readouterr().out
     # KEEP_LAST 1 keeps the newest, and the best epoch's checkpoint is never pruned.
     assert checkpoint_files(exp / "pretrain_checkpoints") == ["epoch_0001.pt", "epoch_0003.pt"]
     state = load_final(exp / "pretrain_checkpoints")
     assert state["early_stop"]["best_epoch"] == 1 and state["early_stop"]["stopped"]
-    again = run_train(cfg)
-    assert again.returncode == 0, explain(again)
-    assert "already stopped early at epoch 3" in again.stderr + again.stdout
+    assert train_t5_stagcn.main(["--cfg_file", str(cfg)]) == 0
+    assert "already stopped early at epoch 3" in capsys.readouterr().out
     assert checkpoint_files(exp / "pretrain_checkpoints") == ["epoch_0001.pt", "epoch_0003.pt"]
     assert len(read_json(exp / "jsons" / "loss_history.json")) == 3
     # Switching early stopping off (the message's advice) trains on to MAX_EPOCH.
-    on = run_train(cfg, "--set", "EVAL.EARLY_STOP_PATIENCE=0")
-    assert on.returncode == 0, explain(on)
+    assert train_t5_stagcn.main(["--cfg_file", str(cfg), "--set", "EVAL.EARLY_STOP_PATIENCE=0"]) == 0
     assert [h["epoch"] for h in read_json(exp / "jsons" / "loss_history.json")] == [1, 2, 3, 4]
 
 

@@ -30,7 +30,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     """Two epochs of 3 batches (8 per batch), evaluated and scored (no METEOR) after each and before the first."""
-    cfg = write_experiment(tmp_path_factory.mktemp("trained"), data)
+    cfg = write_experiment(tmp_path_factory.mktemp("trained"), data, TRAIN={"SANITY_EVAL": True})
     res = run_train(cfg)
     assert res.returncode == 0, explain(res)
     return cfg, res
