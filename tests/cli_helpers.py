@@ -236,6 +236,13 @@ def run_main(main, args, env: Optional[dict] = None) -> subprocess.CompletedProc
                                        out.getvalue(), err.getvalue())
 
 
+def train_main(cfg_file: Path, *args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """`python train_t5_stagcn.py --cfg_file ...` as its main() in this process (see run_main)."""
+    import train_t5_stagcn
+
+    return run_main(train_t5_stagcn.main, ["--cfg_file", cfg_file, *args], env)
+
+
 def train_cmd(cfg_file: Path, *args: str, nproc: int = 0) -> list[str]:
     """`python train_t5_stagcn.py --cfg_file ...` (nproc 0) or the same under torchrun --standalone."""
     head = torchrun_cmd(nproc) if nproc else [sys.executable]

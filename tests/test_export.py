@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from common.errors import EXIT_USER_ERROR, UserError
-from tests.cli_helpers import (build_in_process, checkpoint_files, explain, max_param_diff, run_main, run_train,
+from tests.cli_helpers import (build_in_process, checkpoint_files, explain, max_param_diff, run_main, train_main,
                                tiny_data, write_experiment)
 
 pytestmark = pytest.mark.slow  # training runs
@@ -61,7 +61,7 @@ def trained(data, tmp_path_factory):
     t5_dir = save_local_t5(root / "t5dir", captions_of(load_clips(data["pretrain_train"])))
     cfg = write_experiment(root / "exp", data, T5={"NAME": str(t5_dir)}, OPTIMIZER={"MAX_EPOCH": 1},
                            TRAIN={"SANITY_EVAL": False})
-    res = run_train(cfg)
+    res = train_main(cfg)
     assert res.returncode == 0, explain(res)
     assert checkpoint_files(root / "exp" / "pretrain_checkpoints") == ["epoch_0001.pt"]
     moved = root / "t5dir_moved"
@@ -83,7 +83,7 @@ def test_run_resumes_after_its_t5_folder_is_moved(trained, tmp_path):
     cfg, _ = trained
     copy = tmp_path / "exp"
     shutil.copytree(cfg.parent, copy)  # the other tests keep the 1-epoch run
-    res = run_train(copy / "config.yaml", "--set", "OPTIMIZER.MAX_EPOCH=2")
+    res = train_main(copy / "config.yaml", "--set", "OPTIMIZER.MAX_EPOCH=2")
     assert res.returncode == 0, explain(res)
     assert "resuming from" in res.stdout + res.stderr, explain(res)
     assert checkpoint_files(copy / "pretrain_checkpoints") == ["epoch_0001.pt", "epoch_0002.pt"]

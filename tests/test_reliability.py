@@ -33,7 +33,7 @@ import common.files
 from common.errors import EXIT_USER_ERROR, UserError
 from tests.cli_helpers import (REPO, TRAIN_SCRIPT, build_in_process, captured_log, checkpoint_files, cli_env, explain,
                                kill_group, load_final, max_param_diff, one_cpu_process, read_json, run, run_train,
-                               tiny_data, torchrun_cmd, train_cmd, wait_until_gone, write_experiment)
+                               tiny_data, torchrun_cmd, train_cmd, train_main, wait_until_gone, write_experiment)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # subprocess training runs and torchrun
 
@@ -953,7 +953,7 @@ def test_a_checkpoint_with_a_valid_digest_but_a_malformed_tokenizer_is_one_line(
 
     cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False},
                            EVAL={"SCORE": False})
-    assert run_train(cfg).returncode == 0
+    assert train_main(cfg).returncode == 0
     folder = tmp_path / "exp" / "pretrain_checkpoints"
     state = load_checkpoint(folder / "epoch_0001.pt")
     state["tokenizer_json"] = '{"model": "not a tokenizer"}'

@@ -23,7 +23,7 @@ import yaml
 
 from common.errors import EXIT_USER_ERROR, UserError
 from tests.cli_helpers import (REPO, captured_log, explain, kill_group, run, run_train, start, tiny_data,
-                               train_cmd, write_experiment)
+                               train_cmd, train_main, write_experiment)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
@@ -43,7 +43,7 @@ def trained(data, tmp_path_factory):
     """A finished one-epoch pretraining run: pretrain_checkpoints/epoch_0001.pt and jsons/results_epoch1.json."""
     cfg = write_experiment(tmp_path_factory.mktemp("trained"), data, OPTIMIZER={"MAX_EPOCH": 1},
                            TRAIN={"SANITY_EVAL": False}, EVAL={"SCORE": False})
-    res = run_train(cfg)
+    res = train_main(cfg)
     assert res.returncode == 0, explain(res)
     assert (cfg.parent / "jsons" / "results_epoch1.json").is_file()
     return cfg.parent

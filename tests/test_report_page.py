@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from tests.cli_helpers import REPO, cli_env, explain, run, run_train, tiny_data, write_experiment
+from tests.cli_helpers import REPO, explain, run_main, tiny_data, train_main, write_experiment
 
 ARTIFACTS = REPO / "test-artifacts"
 SHOWN = 4  # clips drawn (--max-plots): each GIF takes a second or two
@@ -22,17 +21,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """(report folder, test clip names): a 1-epoch BRANCH 1 finetuning run, then its report."""
+    import evaluate
     from dataloaders.formats import load_clips
 
     root = tmp_path_factory.mktemp("report")
     data = tiny_data(root / "data")
     cfg = write_experiment(root / "exp", data, pretrain=False, OPTIMIZER={"MAX_EPOCH": 1},
                            TRAIN={"SANITY_EVAL": False})
-    res = run_train(cfg)
+    res = train_main(cfg)
     assert res.returncode == 0, explain(res)
     folder = root / "page"
-    res = run([sys.executable, str(REPO / "evaluate.py"), "--exp", str(cfg.parent), "--report", str(folder),
-               "--no-meteor", "--max-plots", str(SHOWN)], env=cli_env(TQDM_DISABLE="1"), timeout=600)
+    res = run_main(evaluate.main, ["--exp", cfg.parent, "--report", folder, "--no-meteor", "--max-plots", SHOWN],
+                   env={"TQDM_DISABLE": "1"})
     assert res.returncode == 0, explain(res)
     assert "wrote" in res.stdout and "index.html" in res.stdout
     names = [c["video_name"] for c in load_clips(data["test"])]

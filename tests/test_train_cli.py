@@ -16,7 +16,7 @@ import yaml
 
 from tests.cli_helpers import (TRAIN_SCRIPT, build_in_process, captured_log, checkpoint_files, cli_env, explain, finish,
                                free_port, kill_group, last_json_line, load_final, max_param_diff, one_cpu_process,
-                               read_json, run, run_train, start, tiny_data, torchrun_cmd, video_names,
+                               read_json, run, run_train, train_main, start, tiny_data, torchrun_cmd, video_names,
                                write_experiment)
 
 pytestmark = pytest.mark.timeout(300)
@@ -234,12 +234,12 @@ def test_finetune_cli_starts_from_pretrain_checkpoints_of_its_folder(baseline_1p
     shutil.copytree(baseline_1p / "pretrain_checkpoints", exp / "pretrain_checkpoints")
     cfg = write_experiment(exp, data, pretrain=False, OPTIMIZER={"MAX_EPOCH": 1}, TRAIN={"SANITY_EVAL": False})
 
-    res = run_train(cfg, "--set", "T5.NUM_LAYERS=2")  # the pretraining T5 has 1 layer
+    res = train_main(cfg, "--set", "T5.NUM_LAYERS=2")  # the pretraining T5 has 1 layer
     assert res.returncode == 2, explain(res)
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, explain(res)
     assert "T5.NUM_LAYERS" in res.stderr and not (exp / "checkpoints").exists()
 
-    res = run_train(cfg)
+    res = train_main(cfg)
     assert res.returncode == 0, explain(res)
     assert "finetuning from" in res.stdout and "epoch_0002.pt" in res.stdout and "skipped" in res.stdout
     assert checkpoint_files(exp / "checkpoints") == ["epoch_0001.pt"]
@@ -273,7 +273,7 @@ def test_config_errors_are_one_line_and_exit_2(data, tmp_path, where, args, mess
 @pytest.mark.slow
 def test_dry_run_prints_a_json_summary_and_trains_nothing(data, tmp_path):
     cfg = write_experiment(tmp_path / "exp", data)
-    res = run_train(cfg, "--dry-run")
+    res = train_main(cfg, "--dry-run")
     assert res.returncode == 0, explain(res)
     summary = last_json_line(res.stdout)
     params = summary["params"]
@@ -432,7 +432,7 @@ def test_early_stop_config_errors(data, tmp_path, sets, message):
 @pytest.mark.slow
 def test_score_false_writes_predictions_without_metrics(data, tmp_path):
     cfg = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 1}, EVAL={"SCORE": False})
-    res = run_train(cfg)
+    res = train_main(cfg)
     assert res.returncode == 0, explain(res)
     jsons = cfg.parent / "jsons"
     assert (jsons / "results_epoch1.json").is_file() and not list(jsons.glob("metrics_epoch*.json"))

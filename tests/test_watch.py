@@ -15,6 +15,7 @@ import torch
 import evaluate
 import train_t5_stagcn
 from tests.cli_helpers import (build_in_process, captured_log, explain, one_cpu_process, read_json, run_train,
+                               train_main,
                                tiny_data, write_experiment)
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,7 +32,7 @@ def data(tmp_path_factory):
 def trained(data, tmp_path_factory):
     """Two epochs of 3 batches (8 per batch), evaluated and scored (no METEOR) after each and before the first."""
     cfg = write_experiment(tmp_path_factory.mktemp("trained"), data, TRAIN={"SANITY_EVAL": True})
-    res = run_train(cfg)
+    res = train_main(cfg)
     assert res.returncode == 0, explain(res)
     return cfg, res
 
@@ -182,7 +183,7 @@ def test_plot_curves_refuses_an_existing_file_and_an_experiment_with_nothing_to_
 @pytest.mark.slow
 def test_dry_run_tells_steps_warmup_weights_device_precision_and_warns_on_a_long_warmup(data, tmp_path):
     cfg = write_experiment(tmp_path / "exp", data)  # 3 steps x 2 epochs, WARMUP_STEPS 5: 83 % of the run
-    res = run_train(cfg, "--dry-run")
+    res = train_main(cfg, "--dry-run")
     assert res.returncode == 0, explain(res)
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert {"params", "data", "logdir", "world_size"} <= summary.keys()  # the keys scripts already read
