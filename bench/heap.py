@@ -13,6 +13,10 @@ T5 d_model 512 × 6), branch 0, batch 4, every step a new batch whose clips are 
   are always mapped and unmapped.
 * ``trim`` / ``trim_every_10``: glibc, with ``malloc_trim(0)`` after every step / every 10th step, as the
   trainer does with TRAIN.MALLOC_TRIM: 1 (its default) / 10.
+* ``trim_ab``: the time cost of trimming, in one process (separate processes differ by as much as the cost):
+  pairs of steps on the same batch shapes, the first untimed; between the two a ``malloc_trim(0)`` in every
+  other pair. The second step's time after a trim against after none, plus the trim call itself, is what a
+  trim after every step costs.
 * ``jemalloc`` / ``tcmalloc``: Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` through ``LD_PRELOAD``
   (skipped when not installed).
 
@@ -42,6 +46,7 @@ VARIANTS = {
     "mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": "131072"},
     "trim": {},
     "trim_every_10": {},
+    "trim_ab": {},
     "jemalloc": {"LD_PRELOAD": str(LIBS / "libjemalloc.so.2")},
     "tcmalloc": {"LD_PRELOAD": str(LIBS / "libtcmalloc_minimal.so.4")},
 }
@@ -50,12 +55,40 @@ SIZES = Sizes(batch=4, min_frames=40, max_frames=199)
 QUICK_SIZES = replace(QUICK, min_frames=8, max_frames=40)
 
 
+def trim_cost(spec: dict, model, step, sizes: Sizes, device) -> None:
+    """The trim_ab variant (see the module docstring)."""
+    rng, trim = random.Random(0), heap_trimmer()
+    after = {True: [], False: []}
+    trim_s = []
+    for pair in range(spec["steps"] // 2):
+        lengths = [rng.randint(sizes.min_frames, sizes.max_frames) for _ in range(sizes.batch)]
+        (batch, labels), = prepared_batches(model, sizes, [lengths], device, seed=1000 + pair)
+        step(batch, labels)
+        trimmed = pair % 2 == 1
+        if trimmed:
+            t0 = time.perf_counter()
+            trim(0)
+            trim_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        step(batch, labels)
+        if pair >= WARMUP // 2:
+            after[trimmed].append(time.perf_counter() - t0)
+    with_trim, without = statistics.median(after[True]), statistics.median(after[False])
+    trim_call = statistics.median(trim_s)
+    emit({"variant": spec["variant"], "step_after_trim_s": after[True], "step_after_no_trim_s": after[False],
+          "trim_call_s": trim_s, "median_step_after_trim_s": with_trim, "median_step_after_no_trim_s": without,
+          "median_trim_call_s": trim_call, "trim_cost_fraction": (with_trim + trim_call - without) / without,
+          "rss_mib": [], "peak_rss_mib": rss_mib("VmHWM"), "median_step_s": without})
+
+
 def worker(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["sizes"].items()})
     device = torch.device("cpu")
     model, cfg = build_model(sizes, 0, device)
     step = TrainStep(model, cfg, device)
+    if spec["variant"] == "trim_ab":
+        return trim_cost(spec, model, step, sizes, device)
     rng = random.Random(0)
     trim = heap_trimmer() if spec["variant"].startswith("trim") else None
     trim_every = 10 if spec["variant"] == "trim_every_10" else 1
@@ -100,6 +133,12 @@ def main(argv=None) -> dict:
                              "sizes": asdict(sizes), "env": VARIANTS[variant]}],
                            threads=args.threads, module="bench.heap", timeout=3600)
         results[variant], load[variant] = r, meter.other_share()
+        if variant == "trim_ab":
+            print(f"[heap] trim_ab: median step {r['median_step_after_no_trim_s']:.2f} s after no trim, "
+                  f"{r['median_step_after_trim_s']:.2f} s after a trim, trim call {r['median_trim_call_s']:.3f} s: "
+                  f"a trim after every step costs {100 * r['trim_cost_fraction']:+.1f} % (other processes used "
+                  f"{load[variant]} of the CPUs)", flush=True)
+            continue
         print(f"[heap] {variant}: RSS {r['rss_after_warmup_mib']:.0f} MiB after {WARMUP} steps -> "
               f"{r['rss_end_mib']:.0f} MiB after {steps} (+{r['growth_mib']:.0f}), median step "
               f"{r['median_step_s']:.2f} s (other processes used {load[variant]} of the CPUs)", flush=True)

@@ -46,11 +46,16 @@ def test_quick_lora_bench_reports_each_variant(tmp_path):
 
 def test_quick_heap_bench_reads_rss_after_every_step_per_allocator(tmp_path):
     out = tmp_path / "heap.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.heap", "--quick", "--threads", "1", "--variants", "glibc",
-                           "trim", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "bench.heap", "--quick", "--threads", "1", "--variants", "trim",
+                           "trim_ab", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert list(doc["results"]) == ["glibc", "trim"]
-    for r in doc["results"].values():
-        assert len(r["rss_mib"]) == doc["settings"]["steps"] and all(v > 0 for v in r["rss_mib"])
-        assert r["growth_mib"] == round(r["rss_mib"][-1] - r["rss_after_warmup_mib"], 1) and r["median_step_s"] > 0
+    assert list(doc["results"]) == ["trim", "trim_ab"]
+    r = doc["results"]["trim"]
+    assert len(r["rss_mib"]) == doc["settings"]["steps"] and all(v > 0 for v in r["rss_mib"])
+    assert r["growth_mib"] == round(r["rss_mib"][-1] - r["rss_after_warmup_mib"], 1) and r["median_step_s"] > 0
+    ab = doc["results"]["trim_ab"]  # the same steps timed after a trim and after none, in one process
+    assert len(ab["step_after_trim_s"]) == len(ab["step_after_no_trim_s"]) >= 1
+    assert len(ab["trim_call_s"]) == doc["settings"]["steps"] // 4 and ab["median_trim_call_s"] >= 0
+    assert ab["trim_cost_fraction"] == pytest.approx((ab["median_step_after_trim_s"] + ab["median_trim_call_s"]
+                                                      - ab["median_step_after_no_trim_s"]) / ab["median_step_after_no_trim_s"])

@@ -841,7 +841,7 @@ class _FailingScorer:
         raise RuntimeError("java died (simulated)")
 
 
-def test_a_scoring_failure_keeps_the_epoch_and_training_goes_on(data, tmp_path):
+def test_a_scoring_failure_keeps_the_epoch_and_training_goes_on(data, tmp_path, one_thread):
     from engine.trainer import Trainer
 
     cfg_file = write_experiment(tmp_path / "exp", data, OPTIMIZER={"MAX_EPOCH": 2}, TRAIN={"SANITY_EVAL": False})
