@@ -24,7 +24,7 @@ def metrics(cider: float) -> dict:
 
 def fake_fold(model: float, swap: float, constant: float, nn: tuple, draws: tuple) -> dict:
     return {"val_persons": ["1", "2"], "note": "random same-person clip: 2 of 3 ...",
-            "model": metrics(model),
+            "model": metrics(model), "distinct_captions": [1 + int(model) % 3, 3],
             "motion_control": {"real": metrics(model), "swap_technique": metrics(swap),
                                "swap_person_technique": metrics(model), "kept_own_motion": {}, "clips": 3},
             "baselines": {"constant caption (no motion)": [metrics(constant)],
@@ -51,6 +51,7 @@ def test_cv_table_reports_folds_means_and_how_often_the_model_wins():
     assert "folds where motion swapped within technique lowers the model's CIDEr: 2/3" in lines
     assert "folds where motion swapped within person+technique lowers the model's CIDEr: 0/3" in lines
     assert "strongest baseline over the folds: nearest neighbour, label 1 (CIDEr 18.33)" in lines
+    assert "distinct captions the model wrote, of its clips: cv0 3/3, cv1 1/3, cv2 2/3" in lines
     assert summary["rows"]["model, last epoch"]["CIDEr per fold"] == [20, 30, 10]
     assert summary["wins_over"]["the constant caption"] == 2 and summary["n_folds"] == 3
 
@@ -100,6 +101,9 @@ def test_runner_trains_every_fold_and_writes_the_summary(folds):
     assert summary["n_folds"] == 2 and summary["epochs"] == 1
     assert set(summary["folds"][0]["motion_control"]) >= {"real", "swap_technique", "swap_person_technique"}
     assert summary["folds"][0]["val_persons"] == ["1", "2"]  # write_folds with seed 0
+    for k, fold in enumerate(summary["folds"]):  # [distinct captions, clips] of that fold's predictions
+        preds = json.loads((out / f"cv{k}" / "jsons" / "results_epoch1.json").read_text())
+        assert fold["distinct_captions"] == [len(set(preds.values())), len(preds)]
     md = (out / "cv_summary.md").read_text()
     assert "| model, motion swapped within person+technique |" in md and "strongest baseline over the folds" in md
     rerun = run_cv(folds)  # finished folds are not trained again; their evaluation is cached

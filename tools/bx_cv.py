@@ -9,7 +9,8 @@ early stopping, one evaluation at the last epoch, training clips never retrieve 
 single-thread trainings at a time, each logging to `<out>/cv{k}.log`. A fold that has its last-epoch metrics
 is not trained again; an interrupted one resumes. Then, per fold: the last-epoch metrics, the baselines of
 `metrics/baselines.py` and the motion control of the last checkpoint (`metrics/motion_control.py`), cached
-in `<out>/cv{k}/cv_eval.json`. The table (CIDEr per fold, mean ± std over folds) and a JSON summary go to
+in `<out>/cv{k}/cv_eval.json`. The table (CIDEr per fold, mean ± std over folds, how many distinct captions the model wrote per fold) and a
+JSON summary go to
 `<out>/cv_summary.{md,json}`. Default out: results/bx_cv/<config name>[_<tag>].
 """
 from __future__ import annotations
@@ -104,6 +105,12 @@ def train_folds(cfg_file: Path, out: Path, folds: list[tuple[Path, Path]], epoch
 
 # ---- evaluation of one fold ----------------------------------------------------------------------
 
+def distinct_captions(run: Path, epochs: int) -> list[int]:
+    """[distinct captions, clips] of the model's last-epoch predictions: 1 of 34 is one caption for every clip."""
+    preds = json.loads((run / "jsons" / f"results_epoch{epochs}.json").read_text())
+    return [len(set(preds.values())), len(preds)]
+
+
 def evaluate_fold(run: Path, epochs: int) -> dict:
     """{"model", "motion_control", "baselines", "note", ...} of a trained fold; cached in <run>/cv_eval.json
     for its last checkpoint."""
@@ -126,7 +133,7 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("checkpoint") == path.name and cached.get("meteor") == cfg.EVAL.METEOR:
-            return cached
+            return {**cached, "distinct_captions": distinct_captions(run, epochs)}  # caches written before it
     scorer = CaptionScorer(meteor=cfg.EVAL.METEOR)
     train_path, test_path = cfg.path(cfg.DATA.TRAIN), cfg.path(cfg.DATA.TEST)
     train, test = load_clips(train_path), load_clips(test_path)
@@ -139,7 +146,8 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
                                                             device), clips, scorer)
     result = {"checkpoint": path.name, "meteor": cfg.EVAL.METEOR, "train": str(train_path), "test": str(test_path),
               "val_persons": sorted({person_of(c["video_name"]) for c in test}, key=lambda p: (len(p), p)),
-              "model": read_experiment_metrics(run)[epochs], "motion_control": motion_control_json(control),
+              "model": read_experiment_metrics(run)[epochs], "distinct_captions": distinct_captions(run, epochs),
+              "motion_control": motion_control_json(control),
               "baselines": baselines, "note": note}
     write_json(cache, result)
     return result
@@ -190,6 +198,8 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
     lines += ["", *(f"folds where the model beats {what} (CIDEr): {w}/{n}" for what, w in wins.items()),
               *(f"folds where {label.split(', ')[1]} lowers the model's CIDEr: {d}/{n}" for label, d in drops.items()),
               f"strongest baseline over the folds: {strongest} (CIDEr {summary_rows[strongest]['CIDEr']['mean']:.2f})",
+              "distinct captions the model wrote, of its clips: "
+              + ", ".join(f"cv{i} {f['distinct_captions'][0]}/{f['distinct_captions'][1]}" for i, f in enumerate(folds)),
               "(no motion): the row never reads the validation clip's motion.",
               *(f"cv{i} (val persons {', '.join(f['val_persons'])}): {f['note']}" for i, f in enumerate(folds))]
     summary = {"folds": folds, "rows": summary_rows, "wins_over": wins, "swap_lowers_cider": drops,
