@@ -9,9 +9,9 @@ early stopping, one evaluation at the last epoch, training clips never retrieve 
 single-thread trainings at a time, each logging to `<out>/cv{k}.log`. A fold that has its last-epoch metrics
 is not trained again; an interrupted one resumes. Then, per fold: the last-epoch metrics, the baselines of
 `metrics/baselines.py` and the motion control of the last checkpoint (`metrics/motion_control.py`), cached
-in `<out>/cv{k}/cv_eval.json`. The table (CIDEr per fold, mean ± std over folds, how many distinct captions the model wrote per fold) and a
-JSON summary go to
-`<out>/cv_summary.{md,json}`. Default out: results/bx_cv/<config name>[_<tag>].
+in `<out>/cv{k}/cv_eval.json`. The table (CIDEr per fold, mean ± std over folds, how many distinct captions
+the model wrote per fold) and a JSON summary go to `<out>/cv_summary.{md,json}`. Default out:
+results/bx_cv/<config name>[_<tag>].
 """
 from __future__ import annotations
 
