@@ -7,7 +7,7 @@ RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_st
 # Config overrides for both demo stages, e.g. make demo DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
 DEMO_SET ?=
 
-.PHONY: test test-fast lint demo clean-demo bench bx bx-experiments bx-cv
+.PHONY: test test-fast lint demo clean-demo bench bx bx-experiments bx-cv bx-cv-blind
 
 .venv/.installed: requirements.txt
 	test -x .venv/bin/python || python3 -m venv .venv
@@ -84,6 +84,17 @@ bx-cv: .venv/.installed
 	$(PY) tools/bx_cv.py $(BX_CFG) --folds $(BX_FOLDS) --jobs $(BX_JOBS) \
 		$(if $(BX_EPOCHS),--epochs $(BX_EPOCHS)) \
 		$(if $(BX_TAG),--tag $(BX_TAG)) $(if $(BX_SET),--set $(BX_SET))
+
+# The same cross-validation with the motion taken out (tools/blind_data.py: every clip a still pose of its
+# technique's standard): what BX_CFG scores from the language prior and the technique alone, into
+# results/bx_cv/<config>_blind[_BX_TAG]. Only the model's rows of its table mean anything.
+bx-cv-blind: .venv/.installed
+	$(PY) -m dataloaders.splits --data $(BX)/BX_train.pkl --out data/splits --name bx --folds $(BX_FOLDS)
+	$(PY) tools/blind_data.py data/splits/bx_cv*_train.pkl data/splits/bx_cv*_val.pkl \
+		data/splits_blind --standard $(BX)/BX_standard.pkl
+	$(PY) tools/bx_cv.py $(BX_CFG) --folds $(BX_FOLDS) --jobs $(BX_JOBS) --splits data/splits_blind \
+		$(if $(BX_EPOCHS),--epochs $(BX_EPOCHS)) \
+		--tag blind$(if $(BX_TAG),_$(BX_TAG)) $(if $(BX_SET),--set $(BX_SET))
 
 # The README's BX table (tools/bx_grid.py says which runs): BX_JOBS single-process runs at a time into
 # results/bx_runs/<experiment>/<split>_s<seed>/ (a re-run resumes or skips finished runs), then one table of
