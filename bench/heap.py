@@ -14,9 +14,9 @@ T5 d_model 512 × 6), branch 0, batch 4, every step a new batch whose clips are 
 * ``trim`` / ``trim_every_10``: glibc, with ``malloc_trim(0)`` after every step / every 10th step, as the
   trainer does with TRAIN.MALLOC_TRIM: 1 (its default) / 10.
 * ``trim_ab``: the time cost of trimming, in one process (separate processes differ by as much as the cost):
-  pairs of steps on the same batch shapes, the first untimed; between the two a ``malloc_trim(0)`` in every
-  other pair. The second step's time after a trim against after none, plus the trim call itself, is what a
-  trim after every step costs.
+  groups of three steps on one batch — the first untimed, the second after no trim, the third after a
+  ``malloc_trim(0)``. The third minus the second, plus the trim call, is what a trim after a step costs;
+  the median over the groups against the median step.
 * ``jemalloc`` / ``tcmalloc``: Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` through ``LD_PRELOAD``
   (skipped when not installed).
 
@@ -56,29 +56,35 @@ QUICK_SIZES = replace(QUICK, min_frames=8, max_frames=40)
 
 
 def trim_cost(spec: dict, model, step, sizes: Sizes, device) -> None:
-    """The trim_ab variant (see the module docstring)."""
+    """The trim_ab variant (see the module docstring): groups of three steps on one batch — untimed, timed,
+    then malloc_trim(0) (timed) and the third step (timed) — so each group gives one paired difference. The
+    first group is a warm-up."""
     rng, trim = random.Random(0), heap_trimmer()
-    after = {True: [], False: []}
-    trim_s = []
-    for pair in range(spec["steps"] // 2):
+    after_none, after_trim, trim_s = [], [], []
+    for group in range(spec["steps"] // 3):
         lengths = [rng.randint(sizes.min_frames, sizes.max_frames) for _ in range(sizes.batch)]
-        (batch, labels), = prepared_batches(model, sizes, [lengths], device, seed=1000 + pair)
+        (batch, labels), = prepared_batches(model, sizes, [lengths], device, seed=1000 + group)
         step(batch, labels)
-        trimmed = pair % 2 == 1
-        if trimmed:
+        times = []
+        for trimmed in (False, True):
+            if trimmed:
+                t0 = time.perf_counter()
+                trim(0)
+                times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            trim(0)
-            trim_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        step(batch, labels)
-        if pair >= WARMUP // 2:
-            after[trimmed].append(time.perf_counter() - t0)
-    with_trim, without = statistics.median(after[True]), statistics.median(after[False])
-    trim_call = statistics.median(trim_s)
-    emit({"variant": spec["variant"], "step_after_trim_s": after[True], "step_after_no_trim_s": after[False],
-          "trim_call_s": trim_s, "median_step_after_trim_s": with_trim, "median_step_after_no_trim_s": without,
-          "median_trim_call_s": trim_call, "trim_cost_fraction": (with_trim + trim_call - without) / without,
-          "rss_mib": [], "peak_rss_mib": rss_mib("VmHWM"), "median_step_s": without})
+            step(batch, labels)
+            times.append(time.perf_counter() - t0)
+        if group:
+            (none_s, call_s, trim_step_s) = times
+            after_none.append(none_s)
+            trim_s.append(call_s)
+            after_trim.append(trim_step_s)
+    diffs = [t + c - n for n, c, t in zip(after_none, trim_s, after_trim)]
+    base = statistics.median(after_none)
+    emit({"variant": spec["variant"], "step_after_trim_s": after_trim, "step_after_no_trim_s": after_none,
+          "trim_call_s": trim_s, "paired_cost_s": diffs, "median_step_after_no_trim_s": base,
+          "median_paired_cost_s": statistics.median(diffs), "trim_cost_fraction": statistics.median(diffs) / base,
+          "rss_mib": [], "peak_rss_mib": rss_mib("VmHWM"), "median_step_s": base})
 
 
 def worker(spec: dict) -> None:
@@ -134,10 +140,10 @@ def main(argv=None) -> dict:
                            threads=args.threads, module="bench.heap", timeout=3600)
         results[variant], load[variant] = r, meter.other_share()
         if variant == "trim_ab":
-            print(f"[heap] trim_ab: median step {r['median_step_after_no_trim_s']:.2f} s after no trim, "
-                  f"{r['median_step_after_trim_s']:.2f} s after a trim, trim call {r['median_trim_call_s']:.3f} s: "
-                  f"a trim after every step costs {100 * r['trim_cost_fraction']:+.1f} % (other processes used "
-                  f"{load[variant]} of the CPUs)", flush=True)
+            print(f"[heap] trim_ab: median step {r['median_step_after_no_trim_s']:.2f} s after no trim; a trim and "
+                  f"the step after it cost {r['median_paired_cost_s']:+.3f} s more (median over "
+                  f"{len(r['paired_cost_s'])} groups): {100 * r['trim_cost_fraction']:+.1f} % per step (other "
+                  f"processes used {load[variant]} of the CPUs)", flush=True)
             continue
         print(f"[heap] {variant}: RSS {r['rss_after_warmup_mib']:.0f} MiB after {WARMUP} steps -> "
               f"{r['rss_end_mib']:.0f} MiB after {steps} (+{r['growth_mib']:.0f}), median step "
