@@ -65,26 +65,23 @@ def trim_cost(spec: dict, model, step, sizes: Sizes, device) -> None:
         lengths = [rng.randint(sizes.min_frames, sizes.max_frames) for _ in range(sizes.batch)]
         (batch, labels), = prepared_batches(model, sizes, [lengths], device, seed=1000 + group)
         step(batch, labels)
-        times = []
-        for trimmed in (False, True):
-            if trimmed:
-                t0 = time.perf_counter()
-                trim(0)
-                times.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            step(batch, labels)
-            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        step(batch, labels)
+        t1 = time.perf_counter()
+        trim(0)
+        t2 = time.perf_counter()
+        step(batch, labels)
+        t3 = time.perf_counter()
         if group:
-            (none_s, call_s, trim_step_s) = times
-            after_none.append(none_s)
-            trim_s.append(call_s)
-            after_trim.append(trim_step_s)
+            after_none.append(t1 - t0)
+            trim_s.append(t2 - t1)
+            after_trim.append(t3 - t2)
     diffs = [t + c - n for n, c, t in zip(after_none, trim_s, after_trim)]
     base = statistics.median(after_none)
     emit({"variant": spec["variant"], "step_after_trim_s": after_trim, "step_after_no_trim_s": after_none,
           "trim_call_s": trim_s, "paired_cost_s": diffs, "median_step_after_no_trim_s": base,
           "median_paired_cost_s": statistics.median(diffs), "trim_cost_fraction": statistics.median(diffs) / base,
-          "rss_mib": [], "peak_rss_mib": rss_mib("VmHWM"), "median_step_s": base})
+          "peak_rss_mib": rss_mib("VmHWM")})
 
 
 def worker(spec: dict) -> None:

@@ -206,20 +206,33 @@ def run(cmd: list[str], env: Optional[dict] = None, timeout: float = 240, cwd: P
     return finish(start(cmd, env, cwd), timeout)
 
 
+@contextlib.contextmanager
+def kept_logger():
+    """The entry points reconfigure the `motion2text` logger: put it back after an in-process call, closing the
+    handlers the call added (e.g. the train.log FileHandler)."""
+    logger = logging.getLogger("motion2text")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    try:
+        yield
+    finally:
+        for handler in logger.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
 def run_main(main, args, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     """An entry point's `main(args)` in this process, as its script runs it: stdout and stderr captured, the exit
     code returned (argparse's exits too), `env` set for the call, one torch thread, and the `motion2text` logger
     put back after. The command-line path without a process start-up (~5 s of imports) per call; the tests
     that need a real process (signals, torchrun, what the shell sees) use `run`."""
     out, err = io.StringIO(), io.StringIO()
-    logger = logging.getLogger("motion2text")
-    saved_log = logger.handlers[:], logger.level, logger.propagate
     saved_env = {k: os.environ.get(k) for k in (env or {})}
     threads = torch.get_num_threads()
     os.environ.update(env or {})
     torch.set_num_threads(1)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with kept_logger(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main([str(a) for a in args])
             except SystemExit as e:  # argparse
@@ -228,10 +241,6 @@ def run_main(main, args, env: Optional[dict] = None) -> subprocess.CompletedProc
         torch.set_num_threads(threads)
         for k, v in saved_env.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        for handler in logger.handlers:
-            if handler not in saved_log[0]:
-                handler.close()
-        logger.handlers[:], logger.level, logger.propagate = saved_log
     return subprocess.CompletedProcess([getattr(main, "__module__", "main"), *map(str, args)], code,
                                        out.getvalue(), err.getvalue())
 
@@ -241,6 +250,13 @@ def train_main(cfg_file: Path, *args: str, env: Optional[dict] = None) -> subpro
     import train_t5_stagcn
 
     return run_main(train_t5_stagcn.main, ["--cfg_file", cfg_file, *args], env)
+
+
+def evaluate_main(*args) -> subprocess.CompletedProcess:
+    """`python evaluate.py ...` as its main() in this process (see run_main), without progress bars."""
+    import evaluate
+
+    return run_main(evaluate.main, args, env={"TQDM_DISABLE": "1"})
 
 
 def train_cmd(cfg_file: Path, *args: str, nproc: int = 0) -> list[str]:

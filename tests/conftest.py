@@ -1,8 +1,8 @@
 """Fixtures shared by the test files."""
-import logging
-
 import pytest
 import torch
+
+from tests.cli_helpers import kept_logger
 
 
 @pytest.fixture
@@ -17,10 +17,5 @@ def one_thread():
 @pytest.fixture
 def restore_logging():
     """The entry points reconfigure the `motion2text` logger; put it back after an in-process call."""
-    logger = logging.getLogger("motion2text")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    for handler in logger.handlers:
-        if handler not in saved[0]:
-            handler.close()  # e.g. the train.log FileHandler of an in-process run
-    logger.handlers[:], logger.level, logger.propagate = saved
+    with kept_logger():
+        yield

@@ -3,7 +3,7 @@ labelled and unlabelled clips, attention pictures, exit code 2 for user errors.
 
 Metric parity with direct pycocoevalcap calls lives in test_metrics.py. One tiny experiment (HIDDEN 4 / OUT 16,
 1-layer d=32 T5, 16 train / 6 test clips, 1 epoch plus the sanity evaluation) is trained once per module;
-evaluate.py runs through its main() in this process with one thread (tests.cli_helpers.run_main), and as a
+evaluate.py runs through its main() in this process with one thread (tests.cli_helpers.evaluate_main), and as a
 process where the exit code and the one error line are the point. METEOR is off wherever it is not the point.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from common.errors import EXIT_USER_ERROR, UserError
-from tests.cli_helpers import run_main
+from tests.cli_helpers import evaluate_main
 
 REPO = Path(__file__).resolve().parent.parent
 EVALUATE = REPO / "evaluate.py"
@@ -47,10 +47,9 @@ def env() -> dict:
 
 
 def run(*args, timeout: float = 180) -> subprocess.CompletedProcess:
-    """evaluate.py's main() in this process (tests.cli_helpers.run_main); `timeout` is for `run_cli`'s signature."""
-    import evaluate
-
-    return run_main(evaluate.main, args, env={"TQDM_DISABLE": "1"})
+    """evaluate.py's main() in this process (tests.cli_helpers.evaluate_main); `timeout` is for `run_cli`'s
+    signature."""
+    return evaluate_main(*args)
 
 
 def run_cli(*args, timeout: float = 180) -> subprocess.CompletedProcess:

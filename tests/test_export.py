@@ -4,29 +4,22 @@ writes a folder from which `engine.export.load_exported` rebuilds the same model
 
 One tiny pretraining run (HIDDEN 4 / OUT 16, a 1-layer d=32 T5 saved with save_pretrained, 1 epoch) is trained
 once per module; its T5 folder is moved away before any test runs. Training runs in a subprocess, evaluate.py
-through its main() in this process (tests.cli_helpers.run_main), both with one thread.
+through its main() in this process (tests.cli_helpers.evaluate_main), both with one thread.
 """
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from common.errors import EXIT_USER_ERROR, UserError
-from tests.cli_helpers import (build_in_process, checkpoint_files, explain, max_param_diff, run_main, train_main,
+from tests.cli_helpers import (build_in_process, checkpoint_files, explain, max_param_diff, evaluate_main, train_main,
                                tiny_data, write_experiment)
 
 pytestmark = pytest.mark.slow  # training runs
 T5_SIZES = dict(d_model=32, num_layers=1, num_heads=4, d_kv=8, d_ff=64, dropout=0.1)
-
-
-def evaluate(*args) -> subprocess.CompletedProcess:
-    import evaluate as script
-
-    return run_main(script.main, args, env={"TQDM_DISABLE": "1"})
 
 
 def save_local_t5(folder: Path, captions: list[str], **sizes) -> Path:
@@ -74,7 +67,7 @@ def trained(data, tmp_path_factory):
 def test_checkpoint_evaluates_after_its_t5_folder_is_moved(trained, tmp_path):
     cfg, _ = trained
     out = tmp_path / "preds.json"
-    res = evaluate("--exp", cfg.parent, "--checkpoint", "latest", "--out", out)
+    res = evaluate_main("--exp", cfg.parent, "--checkpoint", "latest", "--out", out)
     assert res.returncode == 0, explain(res)
     assert out.is_file() and "wrote" in res.stdout
 
@@ -116,7 +109,7 @@ def test_a_config_built_t5_of_other_sizes_is_refused_naming_the_key(trained):
 def exported(trained, tmp_path_factory):
     cfg, _ = trained
     folder = tmp_path_factory.mktemp("exported") / "model"
-    res = evaluate("--exp", cfg.parent, "--checkpoint", "latest", "--export", folder)
+    res = evaluate_main("--exp", cfg.parent, "--checkpoint", "latest", "--export", folder)
     assert res.returncode == 0, explain(res)
     return folder
 
@@ -153,7 +146,7 @@ def test_exported_model_captions_like_the_checkpoint(trained, exported):
 def test_export_refuses_a_folder_that_is_not_empty(trained, tmp_path):
     cfg, _ = trained
     (tmp_path / "keep.txt").write_text("mine")
-    res = evaluate("--exp", cfg.parent, "--checkpoint", "latest", "--export", tmp_path)
+    res = evaluate_main("--exp", cfg.parent, "--checkpoint", "latest", "--export", tmp_path)
     assert res.returncode == EXIT_USER_ERROR, explain(res)
     assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1, explain(res)
     assert str(tmp_path) in res.stderr and "not empty" in res.stderr
@@ -162,7 +155,7 @@ def test_export_refuses_a_folder_that_is_not_empty(trained, tmp_path):
 
 def test_export_without_a_checkpoint_is_one_line(trained, tmp_path):
     cfg, _ = trained
-    res = evaluate("--exp", cfg.parent, "--export", tmp_path / "model")
+    res = evaluate_main("--exp", cfg.parent, "--export", tmp_path / "model")
     assert res.returncode == EXIT_USER_ERROR, explain(res)
     assert "--export needs" in res.stderr and len(res.stderr.strip().splitlines()) == 1, explain(res)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.cli_helpers import REPO, explain, run_main, tiny_data, train_main, write_experiment
+from tests.cli_helpers import REPO, evaluate_main, explain, tiny_data, train_main, write_experiment
 
 ARTIFACTS = REPO / "test-artifacts"
 SHOWN = 4  # clips drawn (--max-plots): each GIF takes a second or two
@@ -21,7 +21,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """(report folder, test clip names): a 1-epoch BRANCH 1 finetuning run, then its report."""
-    import evaluate
     from dataloaders.formats import load_clips
 
     root = tmp_path_factory.mktemp("report")
@@ -31,8 +30,7 @@ def report(tmp_path_factory):
     res = train_main(cfg)
     assert res.returncode == 0, explain(res)
     folder = root / "page"
-    res = run_main(evaluate.main, ["--exp", cfg.parent, "--report", folder, "--no-meteor", "--max-plots", SHOWN],
-                   env={"TQDM_DISABLE": "1"})
+    res = evaluate_main("--exp", cfg.parent, "--report", folder, "--no-meteor", "--max-plots", SHOWN)
     assert res.returncode == 0, explain(res)
     assert "wrote" in res.stdout and "index.html" in res.stdout
     names = [c["video_name"] for c in load_clips(data["test"])]
