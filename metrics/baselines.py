@@ -11,6 +11,10 @@
   person-disjoint split), mean ± std over `DRAW_SEEDS` draws. It sees who the learner is and what was
   punched, never how: what a model scores above it has to come from the motion.
 
+`nearest_swap_rows` is the motion control of the nearest-neighbour rows: each test clip's motion is swapped
+for another's of its technique before the neighbour is looked up. What retrieval loses there is what the
+motion of a test clip says about its labels — the scale a model's own swap drop is read against.
+
 Rows named with " (no motion)" never look at the test clip's coordinates. Retrieval is strong on coaching
 data, where clips of one person share habits and often identical labels: a model that does not beat the
 strongest row is not useful yet.
@@ -26,6 +30,7 @@ from dataloaders.retrieval import label_of_nearest, nearest_training_clips
 from dataloaders.splits import person_id
 from metrics.caption import CaptionScorer, sanitize_caption
 from metrics.java import ptb_tokenize
+from metrics.motion_control import swap_motion, technique_of
 
 NO_MOTION = " (no motion)"
 DRAW_SEEDS = (0, 1, 2, 3, 4)
@@ -34,6 +39,9 @@ CONSTANT = "constant caption" + NO_MOTION
 
 def nearest_name(position: int, canonical_facing: bool = False) -> str:
     return f"nearest neighbour{' (facing forward)' if canonical_facing else ''}, label {position}"
+
+
+SWAPPED = ", motion swapped within technique"
 
 
 def same_person_name(position: int) -> str:
@@ -153,6 +161,17 @@ def strongest_baseline(rows: dict[str, list[dict]], key: str = "CIDEr") -> tuple
 def strongest_line(rows: dict[str, list[dict]], key: str = "CIDEr") -> str:
     name, value = strongest_baseline(rows, key)
     return f"strongest baseline: {name} ({key} {value:.2f})"
+
+
+def nearest_swap_rows(scorer, train_clips: list[dict], test_clips: list[dict], refs: dict[str, list[str]],
+                      seed: int = 0) -> dict[str, dict]:
+    """{"<nearest-neighbour row>, motion swapped within technique": metrics}: every nearest-neighbour row of
+    `baseline_predictions` on the test clips with their motions swapped within the technique (the derangement
+    of `metrics.motion_control.swap_motion`, same seed as the model's control), scored against each clip's own
+    labels."""
+    swapped, _ = swap_motion(test_clips, technique_of, seed)
+    rows = baseline_predictions(train_clips, swapped)
+    return {name + SWAPPED: scorer.score(preds, refs) for name, preds in rows.items() if name.startswith("nearest")}
 
 
 def label_position_scores(train_clips: list[dict], exclude: str = "CLIP") -> dict[int, float]:

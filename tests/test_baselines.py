@@ -99,6 +99,34 @@ def test_facing_forward_neighbour_finds_the_same_motion_filmed_from_the_other_si
     assert rows["nearest neighbour, label 0"] != {"9_t": "l3"}  # in camera coordinates the half turn dominates
 
 
+def test_swapped_neighbour_rows_look_up_the_donor_clips_motion():
+    from metrics.baselines import nearest_swap_rows
+    from metrics.motion_control import derangement_within
+
+    train = [clip(f"{i}_tr", "Jab" if i < 4 else "Cross", [f"l0 {i}", f"l1 {i}"], seed=i) for i in range(7)]
+    test = [dict(train[i], video_name=f"9_t{i}", labels=[f"r {i}"]) for i in range(7)]  # each the motion of train[i]
+    refs = {c["video_name"]: c["labels"] for c in test}
+
+    class Recorder:
+        def __init__(self):
+            self.preds = []
+
+        def score(self, preds, references):
+            assert references == refs  # scored against each clip's own labels
+            self.preds.append(preds)
+            return {"CIDEr": 0.0}
+
+    scorer = Recorder()
+    rows = nearest_swap_rows(scorer, train, test, refs, seed=3)
+    assert list(rows) == [f"nearest neighbour{f}, label {p}, motion swapped within technique"
+                          for f in ("", " (facing forward)") for p in (0, 1)]
+    donor = derangement_within([c["motion_type"] for c in test], 3)
+    assert all(donor[i] != i for i in range(7)) and all(test[donor[i]]["motion_type"] == test[i]["motion_type"]
+                                                           for i in range(7))
+    # the neighbour of a swapped clip is the training clip whose motion it now carries
+    assert scorer.preds[1] == {f"9_t{i}": f"l1 {donor[i]}" for i in range(7)}
+
+
 def persons_corpus():
     """Persons 0-2 with Jab clips (person 2 has no Cross), labels naming person, technique, position, clip."""
     clips = []

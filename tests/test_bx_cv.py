@@ -22,8 +22,10 @@ def metrics(cider: float) -> dict:
     return {"BLEU-4": cider / 10, "ROUGE-L": 30.0, "CIDEr": cider}
 
 
-def fake_fold(model: float, swap: float, constant: float, nn: tuple, draws: tuple) -> dict:
-    return {"val_persons": ["1", "2"], "note": "random same-person clip: 2 of 3 ...",
+def fake_fold(model: float, swap: float, constant: float, nn: tuple, draws: tuple, nn_swapped: tuple = ()) -> dict:
+    return {"nearest_swaps": {f"nearest neighbour, label {i}, motion swapped within technique": metrics(v)
+                              for i, v in enumerate(nn_swapped)},
+            "val_persons": ["1", "2"], "note": "random same-person clip: 2 of 3 ...",
             "model": metrics(model), "distinct_captions": [1 + int(model) % 3, 3],
             "motion_control": {"real": metrics(model), "swap_technique": metrics(swap),
                                "swap_person_technique": metrics(model), "kept_own_motion": {}, "clips": 3},
@@ -35,9 +37,9 @@ def fake_fold(model: float, swap: float, constant: float, nn: tuple, draws: tupl
 def test_cv_table_reports_folds_means_and_how_often_the_model_wins():
     from tools.bx_cv import cv_table
 
-    folds = [fake_fold(20, 10, 15, (12, 25), (18, 22)),   # beats the constant, not every NN
-             fake_fold(30, 31, 15, (12, 25), (10, 14)),   # beats everything; the swap does not lower it
-             fake_fold(10, 5, 15, (12, 5), (8, 12))]      # below the constant
+    folds = [fake_fold(20, 10, 15, (12, 25), (18, 22), (6, 40)),   # beats the constant, not every NN
+             fake_fold(30, 31, 15, (12, 25), (10, 14), (6, 10)),   # beats everything; the swap does not lower it
+             fake_fold(10, 5, 15, (12, 5), (8, 12), (15, 1))]      # below the constant
     table, summary = cv_table(folds)
     lines = table.splitlines()
     assert lines[0] == ("| model / baseline | cv0 CIDEr | cv1 CIDEr | cv2 CIDEr | BLEU-4 mean ± std | "
@@ -50,7 +52,13 @@ def test_cv_table_reports_folds_means_and_how_often_the_model_wins():
     assert "folds where the model beats every baseline (CIDEr): 1/3" in lines
     assert "folds where motion swapped within technique lowers the model's CIDEr: 2/3" in lines
     assert "folds where motion swapped within person+technique lowers the model's CIDEr: 0/3" in lines
+    # the swapped neighbours are the motion's worth to retrieval, not baselines: label 1 swapped (mean 17) is
+    # not counted although it beats the model in fold cv0
     assert "strongest baseline over the folds: nearest neighbour, label 1 (CIDEr 18.33)" in lines
+    assert "nearest neighbour, label 0: within-technique swap 12.00 → 9.00 CIDEr (-25 %), lower in 2/3 folds" in lines
+    assert "nearest neighbour, label 1: within-technique swap 18.33 → 17.00 CIDEr (-7 %), lower in 2/3 folds" in lines
+    swapped_row = next(ln for ln in lines if ln.startswith("| nearest neighbour, label 0, motion swapped"))
+    assert swapped_row.startswith("| nearest neighbour, label 0, motion swapped within technique | 6.00 | 6.00 | 15.00 |")
     assert "distinct captions the model wrote, of its clips: cv0 3/3, cv1 1/3, cv2 2/3" in lines
     assert summary["rows"]["model, last epoch"]["CIDEr per fold"] == [20, 30, 10]
     assert summary["wins_over"]["the constant caption"] == 2 and summary["n_folds"] == 3

@@ -120,7 +120,7 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     from engine.config_loader import load_config
     from engine.prediction import captions_of, default_device, load_inference_clips, load_standards_for
     from engine.weights import load_model
-    from metrics.baselines import score_baselines
+    from metrics.baselines import nearest_swap_rows, score_baselines
     from metrics.caption import CaptionScorer
     from metrics.motion_control import motion_control_json, run_motion_control
     from metrics.report import read_experiment_metrics, references_from_clips, write_json
@@ -130,14 +130,18 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     if path is None:
         raise UserError(f"{cfg.checkpoint_dir}: no valid checkpoint; train the fold first")
     cache = run / "cv_eval.json"
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("checkpoint") == path.name and cached.get("meteor") == cfg.EVAL.METEOR:
-            return {**cached, "distinct_captions": distinct_captions(run, epochs)}  # caches written before it
     scorer = CaptionScorer(meteor=cfg.EVAL.METEOR)
     train_path, test_path = cfg.path(cfg.DATA.TRAIN), cfg.path(cfg.DATA.TEST)
     train, test = load_clips(train_path), load_clips(test_path)
-    baselines, note = score_baselines(scorer, train, test, references_from_clips(test, test_path))
+    refs = references_from_clips(test, test_path)
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("checkpoint") == path.name and cached.get("meteor") == cfg.EVAL.METEOR:
+            if "nearest_swaps" not in cached:  # caches written before the swapped-neighbour rows: no model needed
+                cached["nearest_swaps"] = nearest_swap_rows(scorer, train, test, refs)
+                write_json(cache, cached)
+            return {**cached, "distinct_captions": distinct_captions(run, epochs)}  # caches written before it
+    baselines, note = score_baselines(scorer, train, test, refs)
     standards = load_standards_for(cfg)
     clips, segment = load_inference_clips(cfg, test_path, standards)
     device = default_device()
@@ -148,7 +152,7 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
               "val_persons": sorted({person_of(c["video_name"]) for c in test}, key=lambda p: (len(p), p)),
               "model": read_experiment_metrics(run)[epochs], "distinct_captions": distinct_captions(run, epochs),
               "motion_control": motion_control_json(control),
-              "baselines": baselines, "note": note}
+              "baselines": baselines, "nearest_swaps": nearest_swap_rows(scorer, train, test, refs), "note": note}
     write_json(cache, result)
     return result
 
@@ -157,17 +161,18 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
 
 def fold_rows(fold: dict) -> dict[str, dict[str, float]]:
     """{row name: {metric: value}} of one fold: the model, its two swaps, each baseline (multi-draw rows:
-    the mean over the draws)."""
+    the mean over the draws), then each nearest-neighbour baseline with the motion swapped."""
     rows = {MODEL: fold["model"]}
     rows.update({label: fold["motion_control"][key] for key, label in SWAPS.items()})
     for name, draws in fold["baselines"].items():
         rows[name] = {k: statistics.mean(d[k] for d in draws) for k in draws[0]}
+    rows.update(fold.get("nearest_swaps", {}))
     return rows
 
 
 def cv_table(folds: list[dict]) -> tuple[str, dict]:
     """(markdown table + verdict lines, JSON summary) from the per-fold results of `evaluate_fold`."""
-    from metrics.baselines import CONSTANT
+    from metrics.baselines import CONSTANT, SWAPPED
     from metrics.summary import mean_std
 
     per_fold = [fold_rows(f) for f in folds]
@@ -184,8 +189,9 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
         cells = [f"{v:.2f}" for v in values.get("CIDEr", [])] + [mean_std(values[k]) if values[k] else "–" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     model = [rows[MODEL]["CIDEr"] for rows in per_fold]
-    nearest = [n for n in names if n.startswith("nearest neighbour")]
-    baselines = [n for n in names if n != MODEL and n not in SWAPS.values()]
+    swapped = [n for n in names if n.endswith(SWAPPED) and n not in SWAPS.values()]
+    nearest = [n for n in names if n.startswith("nearest neighbour") and n not in swapped]
+    baselines = [n for n in names if n != MODEL and n not in SWAPS.values() and n not in swapped]
     wins = {
         "the constant caption": sum(m > rows[CONSTANT]["CIDEr"] for m, rows in zip(model, per_fold)),
         "every nearest-neighbour baseline": sum(all(m > rows[n]["CIDEr"] for n in nearest)
@@ -197,6 +203,7 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
     n = len(folds)
     lines += ["", *(f"folds where the model beats {what} (CIDEr): {w}/{n}" for what, w in wins.items()),
               *(f"folds where {label.split(', ')[1]} lowers the model's CIDEr: {d}/{n}" for label, d in drops.items()),
+              *(swap_line(n.removesuffix(SWAPPED), summary_rows, per_fold, SWAPPED) for n in swapped),
               f"strongest baseline over the folds: {strongest} (CIDEr {summary_rows[strongest]['CIDEr']['mean']:.2f})",
               "distinct captions the model wrote, of its clips: "
               + ", ".join(f"cv{i} {f['distinct_captions'][0]}/{f['distinct_captions'][1]}" for i, f in enumerate(folds)),
@@ -205,6 +212,15 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
     summary = {"folds": folds, "rows": summary_rows, "wins_over": wins, "swap_lowers_cider": drops,
                "strongest_baseline": strongest, "n_folds": n}
     return "\n".join(lines), summary
+
+
+def swap_line(row: str, summary_rows: dict, per_fold: list[dict], swapped: str) -> str:
+    """How much the within-technique swap costs a nearest-neighbour baseline: the motion's worth to retrieval."""
+    real, swap = summary_rows[row]["CIDEr"]["mean"], summary_rows[row + swapped]["CIDEr"]["mean"]
+    lower = sum(rows[row + swapped]["CIDEr"] < rows[row]["CIDEr"] for rows in per_fold)
+    change = f"{100 * (swap - real) / real:+.0f} %" if real else "–"
+    return (f"{row}: within-technique swap {real:.2f} → {swap:.2f} CIDEr ({change}), lower in "
+            f"{lower}/{len(per_fold)} folds")
 
 
 @exits_on_user_error
