@@ -150,6 +150,9 @@ class GenerationConfig:
     REPETITION_PENALTY: float = key(3.5, Range(0.0, 100.0, low_open=True))
     LENGTH_PENALTY: float = key(1.0, Range(-100, 100))
     MAX_LENGTH: int = key(50, Range(1, 4096))  # new tokens after the prompt
+    # > 0: decode log p(y|clip) + w·(log p(y|clip) − log p(y|a clip moving as the standard)) (models/guidance.py);
+    # not in the original, 0 decodes as published
+    GUIDANCE: float = key(0.0, Range(0.0, 100.0))
 
 
 @dataclass
@@ -244,7 +247,7 @@ class Config:
     def generation(self) -> Generation:
         g = self.GENERATION
         return Generation(num_beams=g.NUM_BEAMS, repetition_penalty=g.REPETITION_PENALTY,
-                          length_penalty=g.LENGTH_PENALTY, max_length=g.MAX_LENGTH)
+                          length_penalty=g.LENGTH_PENALTY, max_length=g.MAX_LENGTH, guidance=g.GUIDANCE)
 
     def model_config(self, t5: dict, subtraction_dim: int = 0) -> MotionToTextConfig:
         """The network this job config describes, over the T5 architecture `t5` (a transformers config dict)."""

@@ -24,6 +24,7 @@ class Generation:
     repetition_penalty: float = 3.5
     length_penalty: float = 1.0
     max_length: int = 50  # new tokens after the prompt
+    guidance: float = 0.0  # w of models/guidance.py: what the clip changes in the caption, amplified; 0 off
 
 
 @dataclass

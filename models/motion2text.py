@@ -22,6 +22,7 @@ from alignment.reference import (aligned_standard_window, first_frame_coordinate
 from dataloaders.features import face_forward, skeleton_features
 from models.lora import ENCODER_MODULES, add_adapters
 from models.config import Generation, MotionToTextConfig
+from models.guidance import ReferenceGuidance
 from models.projection import Projection
 from models.stagcn import STAGCN
 from models.text_model import t5_from_config
@@ -158,6 +159,19 @@ class MotionToText(nn.Module):
             tokens, token_mask = self.add_retrieved_text(tokens, token_mask, batch)
         return tokens, token_mask, att_node, att_A
 
+    def motion_free_tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 input tokens [B,N,d_model] and mask of the batch's clips with their fused skeleton embedding set to
+        zero (branch 1, FUSION DIFFERENCE: a learner who moved exactly as the standard); lengths and retrieved
+        text stay the clip's. The reference input of guided decoding; no STA-GCN pass."""
+        frame_mask = batch["frame_mask"]
+        joints = self.encoder.A.shape[-1]
+        weight = next(self.projection.parameters())
+        emb = weight.new_zeros(*frame_mask.shape, joints, self.projection.in_dim)
+        tokens, token_mask = self.projection(emb, frame_mask)
+        if self.use_retrieval:
+            tokens, token_mask = self.add_retrieved_text(tokens, token_mask, batch)
+        return tokens, token_mask
+
     def add_retrieved_text(self, tokens: torch.Tensor, token_mask: torch.Tensor,
                            batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Pack the embedded retrieved labels (T5's own word embeddings) after the motion tokens."""
@@ -287,9 +301,17 @@ class MotionToText(nn.Module):
         gen = gen or self.config.generation
         tokens, token_mask, att_node, att_A = self.encode(batch)
         prefix = self.codec.decoder_prefix(tokens.shape[0], self.t5.config.decoder_start_token_id)
+        processors = [self.reference_guidance(batch, gen.guidance)] if gen.guidance > 0 else []
         out = self.t5.generate(
             inputs_embeds=tokens, attention_mask=token_mask.long(), decoder_input_ids=prefix.to(tokens.device),
             max_new_tokens=gen.max_length, num_beams=gen.num_beams, repetition_penalty=gen.repetition_penalty,
             length_penalty=gen.length_penalty, do_sample=False, early_stopping=gen.num_beams > 1,
+            logits_processor=processors,
         )
         return self.codec.decode(out), att_node, att_A
+
+    def reference_guidance(self, batch: dict, weight: float) -> ReferenceGuidance:
+        """The guidance processor of `generate`: T5's encoder output for the batch's motion-free inputs."""
+        tokens, token_mask = self.motion_free_tokens(batch)
+        states = self.t5.encoder(inputs_embeds=tokens, attention_mask=token_mask.long()).last_hidden_state
+        return ReferenceGuidance(self.t5, states, token_mask, weight)

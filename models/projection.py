@@ -88,6 +88,7 @@ class Projection(nn.Module):
         if policy not in POLICIES:
             raise ValueError(f"unknown reduction policy {policy!r}, expected one of {POLICIES}")
         self.policy = policy
+        self.in_dim = in_dim
         self.token_norm = TokenNorm(d_model, policy, token_norm_stats) if token_norm else None
         layers: list[nn.Module] = []
         for i in range(2):

@@ -486,3 +486,61 @@ def test_generation_builds_no_autograd_graph():
     assert not att_node.requires_grad and not att_A.requires_grad
     assert not model.cross_attention(batch, ["punch", "chin"])[1].requires_grad
     assert not model.standard_window_starts(batch).requires_grad
+
+
+# ---- guided decoding ----------------------------------------------------------------------------
+
+def guided_model(token_norm=False):
+    cfg = tiny_config(BRANCH=1, TASK={"PRETRAIN": False}, TRANSFORMATION={"TOKEN_NORM": token_norm},
+                      DATA={"STANDARD": "s.pkl"})
+    return tiny_model(cfg, standards=STANDARDS).eval()
+
+
+def test_the_motion_free_input_is_a_learner_who_moves_exactly_as_the_standard():
+    model = guided_model()
+    batch = make_batch([STANDARDS["Jab"], random_clip(9, seed=4)], motion_types=["Jab", "Jab"])
+    with torch.no_grad():
+        tokens, mask, _, _ = model.encode(batch)  # clip 0 is the Jab standard itself: the window search finds it
+        free, free_mask = model.motion_free_tokens(batch)
+    assert torch.equal(mask, free_mask)
+    assert torch.allclose(tokens[0][mask[0]], free[0][mask[0]], atol=1e-5)
+    assert not torch.allclose(tokens[1][mask[1]], free[1][mask[1]], atol=1e-3)  # another motion differs
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_guided_scores_add_w_times_the_log_ratio_to_the_motion_free_input(beams):
+    import torch.nn.functional as F
+
+    model = guided_model(token_norm=True)
+    batch = make_batch([random_clip(10, seed=1), random_clip(7, seed=2)], motion_types=["Jab", "Cross"])
+    guidance = model.reference_guidance(batch, 0.7)
+    ids = model.codec.encode_targets(["keep the chin down", "turn the hip"])[:, :5].clamp(min=0)
+    ids = torch.cat([torch.zeros(2, 1, dtype=torch.long), ids], 1).repeat_interleave(beams, 0)  # start + prefix
+    with torch.no_grad():
+        tokens, mask, _, _ = model.encode(batch)
+        free, free_mask = model.motion_free_tokens(batch)
+        rows = torch.arange(2).repeat_interleave(beams)  # generate's rows: each sample's beams in turn
+        own = model.t5(inputs_embeds=tokens[rows], attention_mask=mask[rows].long(), decoder_input_ids=ids).logits[:, -1]
+        ref = model.t5(inputs_embeds=free[rows], attention_mask=free_mask[rows].long(),
+                       decoder_input_ids=ids).logits[:, -1]
+        guided = guidance(ids, own)
+    expected = 1.7 * F.log_softmax(own, -1) - 0.7 * F.log_softmax(ref, -1)
+    assert torch.allclose(guided, expected, atol=1e-5)
+    assert not torch.allclose(guided, F.log_softmax(own, -1), atol=1e-3)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_guided_generation_is_the_same_in_a_batch_and_alone_and_zero_guidance_decodes_as_before(beams):
+    import dataclasses
+
+    model = guided_model()
+    batch = make_batch([random_clip(10, seed=1), random_clip(17, seed=2), random_clip(6, seed=3)],
+                       motion_types=["Jab", "Cross", "Jab"])
+    plain = model_and_batch_gen(beams)
+    guided = dataclasses.replace(plain, guidance=2.0)
+    texts, _, _ = model.generate(batch, guided)
+    for i in range(3):
+        assert model.generate(take(batch, i), guided)[0] == [texts[i]]
+    off = model.generate(batch, dataclasses.replace(plain, guidance=0.0))[0]
+    assert off == model.generate(batch, plain)[0]
+    assert texts != off  # the guidance reaches the search
