@@ -118,11 +118,25 @@ def test_runner_trains_every_fold_and_writes_the_summary(folds):
     assert rerun.returncode == 0, explain(rerun)
     assert rerun.stdout.count("finished, not trained again") == 2
     assert (out / "cv_summary.md").read_text() == md
+    assert "nearest neighbour, label 0, motion swapped within technique" in summary["folds"][0]["nearest_swaps"]
+    # the same checkpoints scored decoded otherwise: here as in training, so the model's numbers come out equal
+    same = run_cv(folds, "--decode", "GENERATION.MAX_LENGTH=8")
+    assert same.returncode == 0, explain(same)
+    assert same.stdout.count("finished, not trained again") == 2
+    decoded = json.loads((out / "cv_summary_GENERATION.MAX_LENGTH-8.json").read_text())
+    assert decoded["decode"] == ["GENERATION.MAX_LENGTH=8"]
+    for k in (0, 1):
+        assert (out / f"cv{k}" / "cv_eval_GENERATION.MAX_LENGTH-8.json").is_file()
+        assert decoded["folds"][k]["model"]["CIDEr"] == pytest.approx(summary["folds"][k]["model"]["CIDEr"], abs=1e-9)
+        assert decoded["folds"][k]["distinct_captions"] == summary["folds"][k]["distinct_captions"]
+    assert "scored decoding with GENERATION.MAX_LENGTH=8" in (out / "cv_summary_GENERATION.MAX_LENGTH-8.md").read_text()
 
 
 def test_runner_refuses_overrides_of_the_keys_it_sets(folds):
     res = run_cv(folds, "--set", "OPTIMIZER.MAX_EPOCH=3")
     assert res.returncode == EXIT_USER_ERROR and "set by the runner" in res.stderr
+    res = run_cv(folds, "--decode", "DATA.BATCH_SIZE=2")
+    assert res.returncode == EXIT_USER_ERROR and "only GENERATION.* keys" in res.stderr
     res = subprocess.run([sys.executable, str(RUNNER), str(folds / "exp"), "--splits", str(folds / "nowhere")],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == EXIT_USER_ERROR and "syn" not in res.stderr and "fold file not found" in res.stderr

@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bx_cv.py results/bx_no_retrieval [--epochs E] [--jobs 2] [--folds 5] [--seed 42]
                                     [--splits data/splits] [--name bx] [--tag T] [--out DIR] [--set KEY=VALUE ...]
+                                    [--decode GENERATION.KEY=VALUE ...]
 
 The folds are `<splits>/<name>_cv{k}_{train,val}.pkl` (`python -m dataloaders.splits … --folds K`; `make bx-cv`
 makes them). Fold k trains into `<out>/cv{k}` for exactly E epochs (default: the config's OPTIMIZER.MAX_EPOCH; no
@@ -12,6 +13,11 @@ is not trained again; an interrupted one resumes. Then, per fold: the last-epoch
 in `<out>/cv{k}/cv_eval.json`. The table (CIDEr per fold, mean ± std over folds, how many distinct captions
 the model wrote per fold) and a JSON summary go to `<out>/cv_summary.{md,json}`. Default out:
 results/bx_cv/<config name>[_<tag>].
+
+`--decode GENERATION.KEY=VALUE …` scores the same trained folds decoded otherwise (the training is the one
+without it, and is reused when finished): the model's row is then its real-motion captions re-generated with
+those settings, cached in `cv{k}/cv_eval_<settings>.json`, and the table goes to `cv_summary_<settings>.{md,json}`
+— a paired comparison of two decodings on the same checkpoints.
 """
 from __future__ import annotations
 
@@ -51,7 +57,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tag", help="appended to the default output folder name")
     p.add_argument("--out", help="output folder (default: results/bx_cv/<config name>[_<tag>])")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides for every fold")
+    p.add_argument("--decode", nargs="*", default=[], metavar="GENERATION.KEY=VALUE",
+                   help="score the trained folds decoded with these settings (the training is unchanged)")
     return p.parse_args(argv)
+
+
+def decode_slug(decode: list[str]) -> str:
+    """'' without decoding overrides, else '_GENERATION.GUIDANCE-0.5' (file-name safe, one per setting)."""
+    return "".join("_" + s.replace("=", "-").replace("/", "-") for s in decode)
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -111,9 +124,10 @@ def distinct_captions(run: Path, epochs: int) -> list[int]:
     return [len(set(preds.values())), len(preds)]
 
 
-def evaluate_fold(run: Path, epochs: int) -> dict:
+def evaluate_fold(run: Path, epochs: int, decode: tuple[str, ...] = ()) -> dict:
     """{"model", "motion_control", "baselines", "note", ...} of a trained fold; cached in <run>/cv_eval.json
-    for its last checkpoint."""
+    for its last checkpoint. With `decode` (GENERATION.* overrides) the model's metrics and distinct captions
+    are those of its real-motion captions decoded so, cached in <run>/cv_eval_<settings>.json."""
     from dataloaders.formats import load_clips
     from dataloaders.splits import person_of
     from engine import checkpoint as ckpt
@@ -125,11 +139,11 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     from metrics.motion_control import motion_control_json, run_motion_control
     from metrics.report import read_experiment_metrics, references_from_clips, write_json
 
-    cfg = load_config(run / "config_resolved.yaml")
+    cfg = load_config(run / "config_resolved.yaml", list(decode))
     path = ckpt.newest_valid_checkpoint(cfg.checkpoint_dir)
     if path is None:
         raise UserError(f"{cfg.checkpoint_dir}: no valid checkpoint; train the fold first")
-    cache = run / "cv_eval.json"
+    cache = run / f"cv_eval{decode_slug(list(decode))}.json"
     scorer = CaptionScorer(meteor=cfg.EVAL.METEOR)
     train_path, test_path = cfg.path(cfg.DATA.TRAIN), cfg.path(cfg.DATA.TEST)
     train, test = load_clips(train_path), load_clips(test_path)
@@ -140,7 +154,9 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
             if "nearest_swaps" not in cached:  # caches written before the swapped-neighbour rows: no model needed
                 cached["nearest_swaps"] = nearest_swap_rows(scorer, train, test, refs)
                 write_json(cache, cached)
-            return {**cached, "distinct_captions": distinct_captions(run, epochs)}  # caches written before it
+            if not decode:
+                cached["distinct_captions"] = distinct_captions(run, epochs)  # caches written before it
+            return cached
     baselines, note = score_baselines(scorer, train, test, refs)
     standards = load_standards_for(cfg)
     clips, segment = load_inference_clips(cfg, test_path, standards)
@@ -148,9 +164,15 @@ def evaluate_fold(run: Path, epochs: int) -> dict:
     model, _ = load_model(cfg, path, device, standards)
     control = run_motion_control(lambda inputs: captions_of(model, inputs, cfg, segment, cfg.DATA.EVAL_BATCH_SIZE,
                                                             device), clips, scorer)
+    if decode:
+        real = control["captions"]["real"]
+        model_metrics, distinct = control["metrics"]["real"], [len(set(real.values())), len(real)]
+    else:
+        model_metrics, distinct = read_experiment_metrics(run)[epochs], distinct_captions(run, epochs)
     result = {"checkpoint": path.name, "meteor": cfg.EVAL.METEOR, "train": str(train_path), "test": str(test_path),
+              "decode": list(decode),
               "val_persons": sorted({person_of(c["video_name"]) for c in test}, key=lambda p: (len(p), p)),
-              "model": read_experiment_metrics(run)[epochs], "distinct_captions": distinct_captions(run, epochs),
+              "model": model_metrics, "distinct_captions": distinct,
               "motion_control": motion_control_json(control),
               "baselines": baselines, "nearest_swaps": nearest_swap_rows(scorer, train, test, refs), "note": note}
     write_json(cache, result)
@@ -236,7 +258,11 @@ def main(argv=None) -> int:
     clash = [s for s in a.set if s.split("=", 1)[0] in RUNNER_KEYS]
     if clash:
         raise UserError(f"--set {' '.join(clash)}: set by the runner for each fold (use --out, --epochs)")
-    cfg = load_config(cfg_file, a.set)  # checks the config and the extra keys before anything runs
+    not_decoding = [s for s in a.decode if not s.startswith("GENERATION.")]
+    if not_decoding:
+        raise UserError(f"--decode {' '.join(not_decoding)}: only GENERATION.* keys change how trained folds are "
+                        "scored; train with --set for the others")
+    cfg = load_config(cfg_file, a.set + a.decode)  # checks the config and the extra keys before anything runs
     epochs = a.epochs or cfg.OPTIMIZER.MAX_EPOCH
     if epochs < 1:
         raise UserError(f"--epochs {epochs}: expected >= 1")
@@ -248,14 +274,16 @@ def main(argv=None) -> int:
     results = []
     for k in range(a.folds):
         print(f"cv{k}: evaluating (baselines, motion control)", flush=True)
-        results.append(evaluate_fold(out / f"cv{k}", epochs))
+        results.append(evaluate_fold(out / f"cv{k}", epochs, tuple(a.decode)))
     table, summary = cv_table(results)
     title = (f"{name}: {a.folds} person folds, {epochs} epochs, seed {a.seed}"
-             + (f", --set {' '.join(a.set)}" if a.set else ""))
-    (out / "cv_summary.md").write_text(f"{title}\n\n{table}\n", encoding="utf-8")
-    write_json(out / "cv_summary.json", {"config": str(cfg_file), "epochs": epochs, "seed": a.seed,
-                                         "set": a.set, **summary})
-    print(f"{title}\n\n{table}\nwrote {out / 'cv_summary.md'} and {out / 'cv_summary.json'}")
+             + (f", --set {' '.join(a.set)}" if a.set else "")
+             + (f", scored decoding with {' '.join(a.decode)}" if a.decode else ""))
+    md, js = (out / f"cv_summary{decode_slug(a.decode)}.{ext}" for ext in ("md", "json"))
+    md.write_text(f"{title}\n\n{table}\n", encoding="utf-8")
+    write_json(js, {"config": str(cfg_file), "epochs": epochs, "seed": a.seed, "set": a.set, "decode": a.decode,
+                    **summary})
+    print(f"{title}\n\n{table}\nwrote {md} and {js}")
     return 0
 
 
