@@ -7,7 +7,7 @@ for every clip. Guidance decodes, token by token,
 
     log p(y_t | clip) + w · (log p(y_t | clip) − log p(y_t | reference input))
 
-with the reference input the one `MotionToText.encode(..., motion_free=True)` builds: a clip whose fused
+with the reference input the one `MotionToText.motion_free_tokens` builds: a clip whose fused
 skeleton embedding is zero — in branch 1 with FUSION DIFFERENCE, a learner who moved exactly as the standard.
 The added term is the pointwise mutual information between the token and what the clip does differently;
 w = 0 is plain decoding. Classifier-free guidance (Ho & Salimans 2022; for language models Sanchez et al. 2023).

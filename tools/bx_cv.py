@@ -144,19 +144,20 @@ def evaluate_fold(run: Path, epochs: int, decode: tuple[str, ...] = ()) -> dict:
     if path is None:
         raise UserError(f"{cfg.checkpoint_dir}: no valid checkpoint; train the fold first")
     cache = run / f"cv_eval{decode_slug(list(decode))}.json"
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    valid = cached.get("checkpoint") == path.name and cached.get("meteor") == cfg.EVAL.METEOR
+    if valid and not decode:
+        cached["distinct_captions"] = distinct_captions(run, epochs)  # caches written before it
+    if valid and "nearest_swaps" in cached:
+        return cached
     scorer = CaptionScorer(meteor=cfg.EVAL.METEOR)
     train_path, test_path = cfg.path(cfg.DATA.TRAIN), cfg.path(cfg.DATA.TEST)
     train, test = load_clips(train_path), load_clips(test_path)
     refs = references_from_clips(test, test_path)
-    if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("checkpoint") == path.name and cached.get("meteor") == cfg.EVAL.METEOR:
-            if "nearest_swaps" not in cached:  # caches written before the swapped-neighbour rows: no model needed
-                cached["nearest_swaps"] = nearest_swap_rows(scorer, train, test, refs)
-                write_json(cache, cached)
-            if not decode:
-                cached["distinct_captions"] = distinct_captions(run, epochs)  # caches written before it
-            return cached
+    if valid:  # caches written before the swapped-neighbour rows: those need no model
+        cached["nearest_swaps"] = nearest_swap_rows(scorer, train, test, refs)
+        write_json(cache, cached)
+        return cached
     baselines, note = score_baselines(scorer, train, test, refs)
     standards = load_standards_for(cfg)
     clips, segment = load_inference_clips(cfg, test_path, standards)
@@ -225,7 +226,7 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
     n = len(folds)
     lines += ["", *(f"folds where the model beats {what} (CIDEr): {w}/{n}" for what, w in wins.items()),
               *(f"folds where {label.split(', ')[1]} lowers the model's CIDEr: {d}/{n}" for label, d in drops.items()),
-              *(swap_line(n.removesuffix(SWAPPED), summary_rows, per_fold, SWAPPED) for n in swapped),
+              *(swap_line(n.removesuffix(SWAPPED), summary_rows, per_fold) for n in swapped),
               f"strongest baseline over the folds: {strongest} (CIDEr {summary_rows[strongest]['CIDEr']['mean']:.2f})",
               "distinct captions the model wrote, of its clips: "
               + ", ".join(f"cv{i} {f['distinct_captions'][0]}/{f['distinct_captions'][1]}" for i, f in enumerate(folds)),
@@ -236,10 +237,12 @@ def cv_table(folds: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
-def swap_line(row: str, summary_rows: dict, per_fold: list[dict], swapped: str) -> str:
+def swap_line(row: str, summary_rows: dict, per_fold: list[dict]) -> str:
     """How much the within-technique swap costs a nearest-neighbour baseline: the motion's worth to retrieval."""
-    real, swap = summary_rows[row]["CIDEr"]["mean"], summary_rows[row + swapped]["CIDEr"]["mean"]
-    lower = sum(rows[row + swapped]["CIDEr"] < rows[row]["CIDEr"] for rows in per_fold)
+    from metrics.baselines import SWAPPED
+
+    real, swap = summary_rows[row]["CIDEr"]["mean"], summary_rows[row + SWAPPED]["CIDEr"]["mean"]
+    lower = sum(rows[row + SWAPPED]["CIDEr"] < rows[row]["CIDEr"] for rows in per_fold)
     change = f"{100 * (swap - real) / real:+.0f} %" if real else "–"
     return (f"{row}: within-technique swap {real:.2f} → {swap:.2f} CIDEr ({change}), lower in "
             f"{lower}/{len(per_fold)} folds")
