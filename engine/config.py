@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from common.errors import UserError
 from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
@@ -61,6 +61,10 @@ class TransformationConfig:
     # estimated from video are in camera coordinates, so a camera view changes every coordinate. Not in
     # the original; false keeps the input as published.
     CANONICAL_FACING: bool = False
+    # Training only: weight of a person adversary behind a gradient reversal on T5's encoder output
+    # (models/adversary.py), so what the decoder reads cannot tell the training persons apart. Not in the
+    # original; 0 = off.
+    PERSON_ADVERSARY: float = key(0.0, Range(0.0, 100.0))
 
 
 @dataclass
@@ -249,8 +253,10 @@ class Config:
         return Generation(num_beams=g.NUM_BEAMS, repetition_penalty=g.REPETITION_PENALTY,
                           length_penalty=g.LENGTH_PENALTY, max_length=g.MAX_LENGTH, guidance=g.GUIDANCE)
 
-    def model_config(self, t5: dict, subtraction_dim: int = 0) -> MotionToTextConfig:
-        """The network this job config describes, over the T5 architecture `t5` (a transformers config dict)."""
+    def model_config(self, t5: dict, subtraction_dim: int = 0, persons: Sequence[str] = ()) -> MotionToTextConfig:
+        """The network this job config describes, over the T5 architecture `t5` (a transformers config dict);
+        `persons`: the training persons, which the person adversary (if any) tells apart."""
+        adversary = self.TRANSFORMATION.PERSON_ADVERSARY
         return MotionToTextConfig(
             hidden_channel=self.HIDDEN_CHANNEL, out_channel=self.OUT_CHANNEL, dropout=self.DROPOUT,
             branch=self.BRANCH, pretrain=self.TASK.PRETRAIN,
@@ -261,6 +267,7 @@ class Config:
             fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
             retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
             motion_margin=self.T5.MOTION_MARGIN, word_bag=self.T5.WORD_BAG,
+            person_adversary=adversary, persons=sorted(persons) if adversary > 0 else [],
             subtraction_dim=subtraction_dim if self.BRANCH == 2 else 0, lora=self.lora(), prompt=self.prompt, t5=dict(t5),
             generation=self.generation)
 
@@ -312,9 +319,11 @@ def _check_lora(t5: T5Config) -> None:
 def check_config(cfg: Config) -> None:
     """Every numeric key within its range, then the rules between keys."""
     _check_ranges(cfg, "")
-    if cfg.T5.WORD_BAG and cfg.T5.MOTION_MARGIN:
-        raise UserError(f"config keys T5.WORD_BAG={cfg.T5.WORD_BAG}, T5.MOTION_MARGIN={cfg.T5.MOTION_MARGIN}: "
-                        "use one auxiliary loss at a time (set the other to 0)")
+    if cfg.T5.MOTION_MARGIN and (cfg.T5.WORD_BAG or cfg.TRANSFORMATION.PERSON_ADVERSARY):
+        other = "T5.WORD_BAG" if cfg.T5.WORD_BAG else "TRANSFORMATION.PERSON_ADVERSARY"
+        raise UserError(f"config keys {other}={cfg.T5.WORD_BAG or cfg.TRANSFORMATION.PERSON_ADVERSARY}, "
+                        f"T5.MOTION_MARGIN={cfg.T5.MOTION_MARGIN}: the motion margin's paired T5 pass does not add "
+                        "the other auxiliary losses; use one of them (set the other to 0)")
     if cfg.DATA.AUGMENT_TURN_DEG and cfg.TRANSFORMATION.CANONICAL_FACING:
         raise UserError(f"config keys DATA.AUGMENT_TURN_DEG={cfg.DATA.AUGMENT_TURN_DEG}, TRANSFORMATION.CANONICAL_FACING"
                         "=true: facing every clip forward undoes the turn; set one of them off")

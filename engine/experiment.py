@@ -17,6 +17,7 @@ import torch
 from dataloaders.datasets import EvalDataset, TrainDataset, load_dataset
 from dataloaders.formats import load_standards
 from dataloaders.retrieval import retrieval_prompts
+from dataloaders.splits import person_of
 from common.errors import UserError, sample_names
 from engine import checkpoint as ckpt
 from engine.config import Config
@@ -115,7 +116,7 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     tokenizer = make_tokenizer(cfg, resume_state or init_state, train_clips, dist)
     seed_everything(cfg.SEED)
     model = build_model(cfg, tokenizer, subtraction_dim(train_clips, cfg.BRANCH), standards,
-                        state=resume_state or init_state)
+                        state=resume_state or init_state, persons={person_of(c["video_name"]) for c in train_clips})
     if resume_state is not None:
         load_weights(model, resume_state, resume_path, "resume with the config the run started with")
         log.info("resuming from %s (epoch %d, step %d)", resume_path, resume_state["epoch"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -217,10 +217,12 @@ def t5_architecture(cfg: Config, tokenizer, state: Optional[dict]) -> tuple[dict
 
 
 def build_model(cfg: Config, tokenizer, subtraction_dim: int = 0, standards: Optional[dict] = None,
-                state: Optional[dict] = None) -> MotionToText:
-    """The model a job config describes (weights random, or T5.NAME's pretrained T5 for a new run)."""
+                state: Optional[dict] = None, persons: Sequence[str] = ()) -> MotionToText:
+    """The model a job config describes (weights random, or T5.NAME's pretrained T5 for a new run); `persons`:
+    the training clips' persons (the person adversary's classes)."""
     t5_dict, pretrained = t5_architecture(cfg, tokenizer, state)
-    return MotionToText(cfg.model_config(t5_dict, subtraction_dim), tokenizer, t5=pretrained, standards=standards)
+    return MotionToText(cfg.model_config(t5_dict, subtraction_dim, persons), tokenizer, t5=pretrained,
+                        standards=standards)
 
 
 def load_weights(model: MotionToText, state: dict, source: Path, fix: str) -> None:
@@ -282,8 +284,14 @@ def _adapted_name(name: str, own: dict) -> str:
     return adapted if name not in own and adapted in own else name
 
 
+# Not loaded when finetuning: the projection's input width depends on the branch, and the auxiliary heads
+# (word bag, person adversary) exist for one run's training losses only.
+FRESH_PREFIXES = ("projection.", "word_bag.", "person_adversary.")
+
+
 def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> None:
-    """Load everything but the projection (its input width depends on the branch); report what was skipped.
+    """Load everything but the projection (its input width depends on the branch) and the training-only
+    auxiliary heads (they serve one run's losses); report what was skipped.
 
     Every other tensor must be there with the same shape: a partly loaded T5 or encoder would silently
     train from a half-random model."""
@@ -294,22 +302,23 @@ def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> N
                         "same T5.LORA, or export that checkpoint (evaluate.py --export merges the adapters) first")
     weights = {_adapted_name(k, own): v for k, v in weights.items()}
     adapters = sorted(k for k in own if LORA_MARK in k and k not in weights)
-    skipped = sorted(k for k in state["model"] if k.startswith("projection."))
-    mismatched = [k for k, v in weights.items() if k in own and not k.startswith("projection.") and own[k].shape != v.shape]
+    skipped = sorted(k for k in state["model"] if k.startswith(FRESH_PREFIXES))
+    mismatched = [k for k, v in weights.items() if k in own and not k.startswith(FRESH_PREFIXES)
+                  and own[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
         raise UserError(f"{source}: tensor {k} has shape {tuple(weights[k].shape)}, this config builds "
                         f"{tuple(own[k].shape)}; HIDDEN_CHANNEL/OUT_CHANNEL and T5.* sizes must match the pretraining config")
-    missing = sorted(k for k in own if k not in weights and not k.startswith("projection.") and k not in adapters)
-    unexpected = sorted(k for k in weights if k not in own and not k.startswith("projection."))
+    missing = sorted(k for k in own if k not in weights and not k.startswith(FRESH_PREFIXES) and k not in adapters)
+    unexpected = sorted(k for k in weights if k not in own and not k.startswith(FRESH_PREFIXES))
     if missing or unexpected:
         what = (f"{len(missing)} tensors of this model are not in it (e.g. {missing[0]})" if missing else
                 f"{len(unexpected)} of its tensors are not in this model (e.g. {unexpected[0]})")
         raise UserError(f"{source}: {what}; HIDDEN_CHANNEL/OUT_CHANNEL and T5.* sizes must match the pretraining config")
-    loadable = {k: v for k, v in weights.items() if not k.startswith("projection.")}
+    loadable = {k: v for k, v in weights.items() if not k.startswith(FRESH_PREFIXES)}
     model.load_state_dict(loadable, strict=False)
-    fresh = sorted(k for k in own if k.startswith("projection."))
-    log.info("finetuning from %s: loaded %d tensors; skipped %d projection tensors of the checkpoint (%s), "
-             "the projection (%d tensors)%s starts fresh", source, len(loadable), len(skipped),
+    fresh = sorted(k for k in own if k.startswith(FRESH_PREFIXES))
+    log.info("finetuning from %s: loaded %d tensors; skipped %d projection/auxiliary-head tensors of the checkpoint "
+             "(%s), the projection and auxiliary heads (%d tensors)%s start fresh", source, len(loadable), len(skipped),
              ", ".join(skipped[:4]) + (" …" if len(skipped) > 4 else ""), len(fresh),
              f" and {len(adapters)} LoRA adapter tensors" if adapters else "")

@@ -20,6 +20,8 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 from alignment.reference import (aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width,
                                  window_start)
 from dataloaders.features import face_forward, skeleton_features
+from dataloaders.splits import person_of
+from models.adversary import PersonAdversary
 from models.lora import ENCODER_MODULES, add_adapters
 from models.config import Generation, MotionToTextConfig
 from models.guidance import ReferenceGuidance
@@ -87,6 +89,9 @@ class MotionToText(nn.Module):
         self.t5 = t5
         # The word-bag head exists only with the auxiliary loss, so default models keep the published parameters.
         self.word_bag = nn.Linear(t5.config.d_model, t5.config.vocab_size) if config.word_bag > 0 else None
+        self.person_adversary_weight = config.person_adversary
+        self.person_adversary = (PersonAdversary(t5.config.d_model, config.persons)
+                                 if config.person_adversary > 0 else None)
         if config.lora:
             self.add_adapters(config.lora)
         self.standard_names: list[str] = []
@@ -185,7 +190,8 @@ class MotionToText(nn.Module):
     def forward(self, batch: dict, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over non-pad label tokens (pads are -100, never in the loss); in training with
         MOTION_MARGIN > 0, plus the motion-margin loss (see `motion_margin_loss`); with WORD_BAG > 0, plus that
-        weight times the word-bag loss (see `word_bag_loss`)."""
+        weight times the word-bag loss (see `word_bag_loss`); with PERSON_ADVERSARY > 0, plus that weight times
+        the person adversary's loss on T5's encoder output (models/adversary.py)."""
         tokens, token_mask, _, _ = self.encode(batch)
         decoder_inputs = self.noisy_decoder_inputs(labels) if self.training and self.word_dropout > 0 else None
         if self.training and self.motion_margin > 0 and len(labels) > 1:
@@ -196,6 +202,10 @@ class MotionToText(nn.Module):
                        decoder_input_ids=decoder_inputs).loss
         if self.training and self.word_bag is not None:
             loss = loss + self.word_bag_weight * self.word_bag_loss(encoded.last_hidden_state, token_mask, labels)
+        if self.training and self.person_adversary is not None:
+            persons = [person_of(name) for name in batch["video_names"]]
+            loss = loss + self.person_adversary_weight * self.person_adversary.loss(
+                encoded.last_hidden_state, token_mask, persons)
         return loss
 
     def word_bag_loss(self, encoded: torch.Tensor, token_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -32,9 +32,9 @@ def tiny_tokenizer():
     return train_caption_tokenizer(texts, 300)
 
 
-def tiny_model(cfg: Config, standards=None, subtraction_dim: int = 0, seed: int = 0) -> MotionToText:
+def tiny_model(cfg: Config, standards=None, subtraction_dim: int = 0, seed: int = 0, persons=()) -> MotionToText:
     torch.manual_seed(seed)
-    return build_model(cfg, tiny_tokenizer(), subtraction_dim=subtraction_dim, standards=standards)
+    return build_model(cfg, tiny_tokenizer(), subtraction_dim=subtraction_dim, standards=standards, persons=persons)
 
 
 def random_clip(frames: int, seed: int) -> torch.Tensor:
