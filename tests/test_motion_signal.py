@@ -40,3 +40,31 @@ def test_noise_by_source_and_the_model_left_as_it_was(data, tmp_path, one_thread
     assert out["noise: all"] >= max(out["noise: STA-GCN dropout"], out["noise: batch statistics"]) * 0.5
     assert not model.training
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BatchNorm statistics restored
+
+
+def test_nearest_neighbour_accuracy_is_leave_one_out_and_ignores_a_shared_offset():
+    from tools.motion_signal import nearest_neighbour_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(2, 8, generator=g) * 3
+    features = centres.repeat_interleave(3, 0) + 0.1 * torch.randn(6, 8, generator=g) + 1000  # offset ≫ spread
+    classes = ["a"] * 3 + ["b"] * 3
+    assert nearest_neighbour_accuracy(features, classes) == 1.0
+    pairs = torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0], [-1.0, 0.1]]) + 1000
+    assert nearest_neighbour_accuracy(pairs, ["a", "b", "a", "b"]) == 0.0  # each row's neighbour: the other class
+    assert nearest_neighbour_accuracy(pairs, ["a", "a", "b", "b"]) == 1.0
+    # a class of one clip: left out, its nearest neighbour can only be of another class
+    assert nearest_neighbour_accuracy(pairs, ["a", "a", "b", "c"]) == 0.5
+
+
+def test_separability_reports_technique_and_person_beside_the_majority_rate(data, tmp_path, one_thread):
+    from tools.motion_signal import separability
+
+    exp = build_in_process(write_experiment(tmp_path / "exp", data))
+    clips = exp.train_set.clips
+    out = separability(exp.model, clips, exp.train_set.segment, batch_size=4)
+    assert out["clips"] == len(clips)
+    assert 0 <= out["technique 1-NN"] <= 1 and 0 <= out["person 1-NN"] <= 1
+    assert out["person majority"] == 1.0  # the synthetic clips have no person number: one person
+    techniques = [c.get("motion_type", "-") for c in clips]
+    assert out["technique majority"] == max(techniques.count(t) for t in set(techniques)) / len(clips)

@@ -12,6 +12,10 @@
    adds around each clip's eval-mode output (dropout, batch statistics), in batches of DATA.BATCH_SIZE clips
    drawn R times — for everything at once and for each source alone. Noise far above the signal means the
    decoder is trained on an input whose clip-specific part it cannot see.
+3. *What the decoder input tells apart*, per file: leave-one-out nearest-neighbour accuracy of the technique
+   and of the person (the part of video_name before the first `_`) on the clips' eval-mode decoder inputs,
+   centred over the file's clips, by cosine; beside it the rate of each file's most common class. The person
+   accuracy is what a person adversary (TRANSFORMATION.PERSON_ADVERSARY) should bring down.
 """
 from __future__ import annotations
 
@@ -90,6 +94,34 @@ def decoder_input(model, clips: list[dict], segment: str, batch_size: int, seed:
     return torch.stack([out[n] for n in names])
 
 
+def nearest_neighbour_accuracy(features: torch.Tensor, classes: list[str]) -> float:
+    """Leave-one-out 1-NN accuracy of `classes` from `features` [N,D]: centred over the N rows (a shared offset
+    would make every pair similar), cosine similarity, a row never its own neighbour."""
+    x = features - features.mean(0)
+    x = x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    sim = x @ x.T
+    sim.fill_diagonal_(float("-inf"))
+    ids = {c: i for i, c in enumerate(sorted(set(classes)))}
+    target = torch.tensor([ids[c] for c in classes])
+    return float((target[sim.argmax(1)] == target).float().mean())
+
+
+def separability(model, clips: list[dict], segment: str, batch_size: int) -> dict:
+    """Nearest-neighbour accuracy of technique and person on the eval-mode decoder input, and each majority rate."""
+    from collections import Counter
+
+    from dataloaders.splits import person_of
+
+    model.eval()
+    features = decoder_input(model, clips, segment, batch_size, seed=0)
+    out = {"clips": len(clips)}
+    for what, classes in (("technique", [c.get("motion_type", "-") for c in clips]),
+                          ("person", [person_of(c["video_name"]) for c in clips])):
+        out[f"{what} 1-NN"] = nearest_neighbour_accuracy(features, classes)
+        out[f"{what} majority"] = Counter(classes).most_common(1)[0][1] / len(classes)
+    return out
+
+
 def signal_and_noise(model, clips: list[dict], segment: str, batch_size: int, repeats: int) -> dict:
     """Between-clip variance of the eval-mode decoder input, and the training-mode variance around it."""
     state = {k: v.clone() for k, v in model.state_dict().items()}  # training mode moves BatchNorm statistics
@@ -132,6 +164,14 @@ def main(argv=None) -> int:
         result["gaps"][str(f)] = row
         print(f"  {f}: own motion {row['nll_own_motion']:.4f} over {row['pairs']} pairs; swapped within technique "
               f"{row['gap_swap_technique']:+.4f}, within person+technique {row['gap_swap_person_technique']:+.4f}")
+    result["separability"] = {}
+    print("what the decoder input tells apart (leave-one-out 1-NN, centred cosine; the majority rate beside it)")
+    for f in files:
+        clips, segment = load_inference_clips(cfg, cfg.path(f), standards)
+        row = separability(model, clips, segment, cfg.DATA.EVAL_BATCH_SIZE)
+        result["separability"][str(f)] = row
+        print(f"  {f}: {row['clips']} clips; technique {row['technique 1-NN']:.1%} ({row['technique majority']:.1%}), "
+              f"person {row['person 1-NN']:.1%} ({row['person majority']:.1%})")
     clips, segment = load_inference_clips(cfg, cfg.path(cfg.DATA.TRAIN), standards)
     noise = signal_and_noise(model, clips[: a.clips], segment, cfg.DATA.BATCH_SIZE, a.repeats)
     result["decoder_input"] = noise
