@@ -72,3 +72,12 @@ def take(batch: dict, i: int) -> dict:
         else:
             out[k] = v[i: i + 1]
     return out
+
+
+def assert_evaluation_loss_is_plain_cross_entropy(model, batch: dict, labels: torch.Tensor) -> None:
+    """In eval mode the model's loss is T5's cross-entropy on the clip's tokens alone: no auxiliary loss."""
+    model.eval()
+    with torch.no_grad():
+        tokens, mask, _, _ = model.encode(batch)
+        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
+        assert torch.equal(model(batch, labels), plain)

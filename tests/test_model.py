@@ -6,7 +6,8 @@ from alignment.reference import fuse_with_standard
 from alignment.window_search import best_window_start, gather_window
 from models.projection import Projection, reduce_tokens
 from models.motion2text import other_clip_index
-from tests.helpers import make_batch, random_clip, take, tiny_config, tiny_model
+from tests.helpers import (assert_evaluation_loss_is_plain_cross_entropy, make_batch, random_clip, take, tiny_config,
+                           tiny_model)
 
 POLICIES = ["TIME_POOL", "SKELETON_POOL", "ORIGIN"]
 STANDARDS = {"Jab": random_clip(14, seed=100), "Cross": random_clip(9, seed=101)}
@@ -401,11 +402,7 @@ def test_motion_margin_loss_is_cross_entropy_plus_hinge_on_the_other_clips_motio
     with torch.no_grad():
         torch.testing.assert_close(model(batch, labels), plain)
 
-    model.eval()  # evaluation never adds it
-    with torch.no_grad():
-        tokens, mask, _, _ = model.encode(batch)
-        assert torch.equal(model(batch, labels), model.t5(inputs_embeds=tokens, attention_mask=mask.long(),
-                                                            labels=labels).loss)
+    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
 
 
 
@@ -442,11 +439,7 @@ def test_word_bag_loss_is_cross_entropy_plus_the_weighted_word_distribution_loss
     model.word_bag_loss(hidden, mask, labels).backward()
     assert model.word_bag.weight.grad.abs().sum() > 0 and model.encoder.input_bn.weight.grad.abs().sum() > 0
 
-    model.eval()  # evaluation never adds it
-    with torch.no_grad():
-        tokens, mask, _, _ = model.encode(batch)
-        assert torch.equal(model(batch, labels), model.t5(inputs_embeds=tokens, attention_mask=mask.long(),
-                                                            labels=labels).loss)
+    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
 
 
 def test_default_model_has_no_word_bag_head():
