@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
+from models.projection import mean_over_tokens
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -51,7 +52,5 @@ class PersonAdversary(nn.Module):
     def loss(self, hidden: torch.Tensor, mask: torch.Tensor, persons: list[str]) -> torch.Tensor:
         """Cross-entropy of the head's person logits from the mean of `hidden` [B,N,d] over the valid tokens
         `mask` [B,N], behind the gradient reversal; mean over samples."""
-        weights = mask[..., None].to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
-        logits = self.head(reverse_gradient(pooled)).float()
+        logits = self.head(reverse_gradient(mean_over_tokens(hidden, mask))).float()
         return F.cross_entropy(logits, self.person_indices(persons, hidden.device))

@@ -25,7 +25,7 @@ from models.adversary import PersonAdversary
 from models.lora import ENCODER_MODULES, add_adapters
 from models.config import Generation, MotionToTextConfig
 from models.guidance import ReferenceGuidance
-from models.projection import Projection
+from models.projection import Projection, mean_over_tokens
 from models.stagcn import STAGCN
 from models.text_model import t5_from_config
 from models.tokenizer import CaptionCodec
@@ -216,9 +216,7 @@ class MotionToText(nn.Module):
         Why: the decoder gains little likelihood from the motion on small, noisy caption sets and learns to
         write from its own context; this asks the representation it cross-attends to for the caption's
         content directly, with no decoder in between."""
-        mask = token_mask[..., None].to(encoded.dtype)
-        pooled = (encoded * mask).sum(1) / mask.sum(1).clamp(min=1)
-        log_probs = F.log_softmax(self.word_bag(pooled).float(), dim=-1)  # [B,V]
+        log_probs = F.log_softmax(self.word_bag(mean_over_tokens(encoded, token_mask)).float(), dim=-1)  # [B,V]
         words = labels != -100
         words[:, : len(self.codec.prompt_ids)] = False
         words &= labels != self.codec.tokenizer.eos_token_id

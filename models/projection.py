@@ -107,6 +107,12 @@ class Projection(nn.Module):
         return out, token_mask
 
 
+def mean_over_tokens(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Each clip's mean over its valid tokens: tokens [B,N,D], token_mask [B,N] → [B,D] (padding left out)."""
+    m = token_mask[..., None].to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 @torch.no_grad()
 def token_spread(tokens: torch.Tensor, token_mask: torch.Tensor) -> dict[str, float]:
     """How much T5's input differs between clips: tokens [B,N,D] of B ≥ 2 clips → mean pairwise cosine of the
@@ -116,8 +122,7 @@ def token_spread(tokens: torch.Tensor, token_mask: torch.Tensor) -> dict[str, fl
     if token_mask.all():
         x = tokens.flatten(1).float()
     else:
-        m = token_mask[..., None].to(tokens.dtype)
-        x = ((tokens * m).sum(1) / m.sum(1).clamp(min=1)).float()
+        x = mean_over_tokens(tokens, token_mask).float()
     mean = x.mean(0, keepdim=True)
     off_diagonal = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
 
