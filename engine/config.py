@@ -84,6 +84,10 @@ class DataConfig:
     # a factor uniform in 1 ± AUGMENT_SCALE. The standards are not turned.
     AUGMENT_TURN_DEG: float = key(0.0, Range(0.0, 180.0))
     AUGMENT_SCALE: float = key(0.0, Range(0.0, 0.5))
+    # -1: train on every label of a clip. i >= 0: train on each clip's i-th label (and its paraphrase) only —
+    # in BX a label position is one annotator, and three annotators' different remarks on one clip make the
+    # target a mixture that the motion explains little of. Not in the original.
+    LABEL_INDEX: int = key(-1, Range(-1, 1000))
 
 
 @dataclass
@@ -330,6 +334,10 @@ def check_config(cfg: Config) -> None:
     if cfg.RETRIEVAL.LABEL_INDEX >= 0 and not cfg.RETRIEVAL.NEIGHBOURS:
         raise UserError(f"config key RETRIEVAL.LABEL_INDEX={cfg.RETRIEVAL.LABEL_INDEX}: needs RETRIEVAL.NEIGHBOURS > 0 "
                         "(it picks which label of the retrieved clips is the prompt); set it or LABEL_INDEX to -1")
+    if min(cfg.RETRIEVAL.LABEL_INDEX, cfg.DATA.LABEL_INDEX) >= 0 and cfg.RETRIEVAL.LABEL_INDEX != cfg.DATA.LABEL_INDEX:
+        raise UserError(f"config keys DATA.LABEL_INDEX={cfg.DATA.LABEL_INDEX}, RETRIEVAL.LABEL_INDEX="
+                        f"{cfg.RETRIEVAL.LABEL_INDEX}: RETRIEVAL.LABEL_INDEX already trains on that label position only; "
+                        "set DATA.LABEL_INDEX to -1 or to the same position")
     if cfg.HIDDEN_CHANNEL * 2 * 2 != cfg.OUT_CHANNEL:
         # Two streams each ending at 2×HIDDEN_CHANNEL are concatenated into OUT_CHANNEL (32 → 128 as published).
         raise UserError(f"config keys HIDDEN_CHANNEL={cfg.HIDDEN_CHANNEL}, OUT_CHANNEL={cfg.OUT_CHANNEL}: "

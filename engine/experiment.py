@@ -64,7 +64,7 @@ def subtraction_dim(clips: list[dict], branch: int) -> int:
 # OPTIMIZER.MAX_EPOCH and GRAD_CLIP may change: the schedule decays to 0 at the new last epoch; the clip is read
 # at every step.
 FIXED_ON_RESUME = ("OPTIMIZER.LR", "OPTIMIZER.WEIGHT_DECAY", "OPTIMIZER.WARMUP_STEPS", "OPTIMIZER.GRAD_ACCUM_STEPS",
-                   "DATA.BATCH_SIZE")
+                   "DATA.BATCH_SIZE", "DATA.LABEL_INDEX")
 
 
 def check_resume_settings(cfg: Config, state: dict, source: Path) -> None:
@@ -130,7 +130,7 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
                  f", LoRA rank {cfg.T5.LORA.RANK}" if model.config.lora else "")
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT
     train_retrieved, test_retrieved = retrieved_texts(cfg, train_clips, test_clips)
-    label_index = cfg.RETRIEVAL.LABEL_INDEX if cfg.RETRIEVAL.LABEL_INDEX >= 0 else None
+    label_index = target_label_index(cfg, train_clips)
     train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment,
                              retrieved=train_retrieved, label_index=label_index, tokenizer=tokenizer,
                              max_label_tokens=cfg.DATA.MAX_LABEL_TOKENS)
@@ -141,17 +141,27 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
     return Experiment(cfg, train_set, test_set, model, resume_state, init_path)
 
 
+def target_label_index(cfg: Config, train_clips: list[dict]) -> Optional[int]:
+    """The one label position training targets (DATA.LABEL_INDEX, or RETRIEVAL.LABEL_INDEX, which implies it),
+    None for every label; a training clip without a label there is an error naming it, not a clip dropped."""
+    key, slot = next(((k, v) for k, v in (("DATA.LABEL_INDEX", cfg.DATA.LABEL_INDEX),
+                                         ("RETRIEVAL.LABEL_INDEX", cfg.RETRIEVAL.LABEL_INDEX)) if v >= 0), (None, -1))
+    if key is None:
+        return None
+    short = [c["video_name"] for c in train_clips if len(c.get("labels") or []) <= slot]
+    if short:
+        raise UserError(f"config key {key}={slot}: {len(short)} training clip(s) have no label at that position "
+                        f"({sample_names(short)}); expected every clip to have at least {slot + 1}")
+    return slot
+
+
 def retrieved_texts(cfg: Config, train_clips: list[dict], test_clips: list[dict]):
     """RETRIEVAL.NEIGHBOURS > 0: the retrieval prompt of each training clip (never itself; with EXCLUDE PERSON
     never its person) and of each test clip; (None, None) when off."""
     k, exclude, slot = cfg.RETRIEVAL.NEIGHBOURS, cfg.RETRIEVAL.EXCLUDE, cfg.RETRIEVAL.LABEL_INDEX
     if not k:
         return None, None
-    slot = slot if slot >= 0 else None
-    short = [c["video_name"] for c in train_clips if slot is not None and len(c.get("labels") or []) <= slot]
-    if short:
-        raise UserError(f"config key RETRIEVAL.LABEL_INDEX={slot}: {len(short)} training clip(s) have no label at "
-                        f"that position ({sample_names(short)}); expected every clip to have at least {slot + 1}")
+    slot = target_label_index(cfg, train_clips) if slot >= 0 else None
     return (retrieval_prompts(train_clips, train_clips, k, exclude, slot),
             retrieval_prompts(train_clips, test_clips, k, slot=slot))
 

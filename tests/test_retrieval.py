@@ -89,6 +89,23 @@ def test_label_index_beyond_the_labels_of_a_training_clip_is_a_clear_error():
     assert retrieved_texts(tiny_config(), clips, clips) == (None, None)
 
 
+def test_data_label_index_trains_on_one_label_position_without_retrieval():
+    from engine.experiment import target_label_index
+
+    clips = persons_corpus()  # 2 labels per clip
+    assert target_label_index(tiny_config(), clips) is None
+    assert target_label_index(tiny_config(DATA={"LABEL_INDEX": 1}), clips) == 1
+    assert target_label_index(tiny_config(RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 0}), clips) == 0
+    assert target_label_index(tiny_config(DATA={"LABEL_INDEX": 0}, RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 0}),
+                              clips) == 0
+    with pytest.raises(UserError, match=r"DATA.LABEL_INDEX=2: 12 training clip\(s\) have no label at that position"):
+        target_label_index(tiny_config(DATA={"LABEL_INDEX": 2}), clips)
+    with pytest.raises(UserError, match=r"DATA.LABEL_INDEX=1, RETRIEVAL.LABEL_INDEX=0"):
+        tiny_config(DATA={"LABEL_INDEX": 1}, RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 0})
+    with pytest.raises(UserError, match="DATA.LABEL_INDEX"):
+        tiny_config(DATA={"LABEL_INDEX": -2})
+
+
 def test_pack_sequences_puts_valid_rows_first_and_keeps_gradients():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 4, 5, generator=g, requires_grad=True), torch.randn(3, 6, 5, generator=g)
