@@ -89,12 +89,19 @@ def baseline_predictions(train_clips: list[dict], test_clips: list[dict]) -> dic
     label position, in camera coordinates and facing forward. A test clip whose technique has no training
     clip gets the constant caption."""
     constant = _constant_predictions(train_clips, test_clips)
-    rows = {CONSTANT: constant}
-    for facing in (False, True):
-        for pos in label_positions(train_clips):
-            nearest = label_of_nearest(train_clips, test_clips, pos, canonical_facing=facing)
-            rows[nearest_name(pos, facing)] = {name: nearest[name] or constant[name] for name in constant}
-    return rows
+    return {CONSTANT: constant, **nearest_predictions(train_clips, test_clips, constant)}
+
+
+def nearest_predictions(train_clips: list[dict], test_clips: list[dict],
+                        constant: Optional[dict[str, str]] = None) -> dict[str, dict[str, str]]:
+    """The nearest-neighbour rows of `baseline_predictions`. `constant`: the constant caption of each test clip,
+    for clips without a neighbour; computed only when such a clip exists (it costs a CIDEr pass per candidate)."""
+    rows = {nearest_name(pos, facing): label_of_nearest(train_clips, test_clips, pos, canonical_facing=facing)
+            for facing in (False, True) for pos in label_positions(train_clips)}
+    if constant is None and any(not label for row in rows.values() for label in row.values()):
+        constant = _constant_predictions(train_clips, test_clips)
+    return {name: {c["video_name"]: row[c["video_name"]] or constant[c["video_name"]] for c in test_clips}
+            for name, row in rows.items()}
 
 
 def motion_free_draws(train_clips: list[dict], test_clips: list[dict],
@@ -170,8 +177,7 @@ def nearest_swap_rows(scorer, train_clips: list[dict], test_clips: list[dict], r
     of `metrics.motion_control.swap_motion`, same seed as the model's control), scored against each clip's own
     labels."""
     swapped, _ = swap_motion(test_clips, technique_of, seed)
-    rows = baseline_predictions(train_clips, swapped)
-    return {name + SWAPPED: scorer.score(preds, refs) for name, preds in rows.items() if name.startswith("nearest")}
+    return {name + SWAPPED: scorer.score(preds, refs) for name, preds in nearest_predictions(train_clips, swapped).items()}
 
 
 def label_position_scores(train_clips: list[dict], exclude: str = "CLIP") -> dict[int, float]:

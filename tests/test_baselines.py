@@ -86,6 +86,19 @@ def test_nearest_neighbour_rows_take_each_label_position():
     assert rows["nearest neighbour, label 1"] == {"9_t1": "a1 jab", "9_t2": "c1 cross"}
 
 
+def test_a_clip_whose_technique_has_no_training_clip_gets_the_constant_caption_in_every_nearest_row():
+    from metrics.baselines import CONSTANT, baseline_predictions, nearest_predictions
+
+    train = [clip("0_a", "Jab", ["a0 jab", "a1 jab"], seed=1), clip("1_b", "Jab", ["b0 jab", "b1 jab"], seed=2)]
+    test = [dict(clip("t1", "Jab", seed=1), video_name="9_t1"), dict(clip("t2", "Hook", seed=3), video_name="9_t2")]
+    constant = baseline_predictions(train, test)[CONSTANT]
+    rows = nearest_predictions(train, test)
+    assert len(rows) == 4 and all(row["9_t2"] == constant["9_t2"] != "" for row in rows.values())
+    assert rows["nearest neighbour, label 1"]["9_t1"] == "a1 jab"
+    assert nearest_predictions(train, test, constant={"9_t1": "unused", "9_t2": "given"})["nearest neighbour, label 0"] \
+        == {"9_t1": "a0 jab", "9_t2": "given"}
+
+
 def test_facing_forward_neighbour_finds_the_same_motion_filmed_from_the_other_side():
     from metrics.baselines import baseline_predictions
     from tests.test_data import _turn_about_y

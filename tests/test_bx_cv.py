@@ -129,6 +129,7 @@ def test_runner_trains_every_fold_and_writes_the_summary(folds):
         assert (out / f"cv{k}" / "cv_eval_GENERATION.MAX_LENGTH-8.json").is_file()
         assert decoded["folds"][k]["model"]["CIDEr"] == pytest.approx(summary["folds"][k]["model"]["CIDEr"], abs=1e-9)
         assert decoded["folds"][k]["distinct_captions"] == summary["folds"][k]["distinct_captions"]
+        assert decoded["folds"][k]["baselines"] == summary["folds"][k]["baselines"]
     assert "scored decoding with GENERATION.MAX_LENGTH=8" in (out / "cv_summary_GENERATION.MAX_LENGTH-8.md").read_text()
 
 

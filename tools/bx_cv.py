@@ -124,6 +124,16 @@ def distinct_captions(run: Path, epochs: int) -> list[int]:
     return [len(set(preds.values())), len(preds)]
 
 
+def plain_baselines(run: Path, checkpoint: str, meteor: bool) -> tuple:
+    """(baselines, note, nearest swaps) from the fold's plain evaluation of the same checkpoint, scored the same
+    way; (None, None, None) when there is none."""
+    path = run / "cv_eval.json"
+    plain = json.loads(path.read_text()) if path.is_file() else {}
+    if plain.get("checkpoint") != checkpoint or plain.get("meteor") != meteor or "nearest_swaps" not in plain:
+        return None, None, None
+    return plain["baselines"], plain["note"], plain["nearest_swaps"]
+
+
 def evaluate_fold(run: Path, epochs: int, decode: tuple[str, ...] = ()) -> dict:
     """{"model", "motion_control", "baselines", "note", ...} of a trained fold; cached in <run>/cv_eval.json
     for its last checkpoint. With `decode` (GENERATION.* overrides) the model's metrics and distinct captions
@@ -158,7 +168,10 @@ def evaluate_fold(run: Path, epochs: int, decode: tuple[str, ...] = ()) -> dict:
         cached["nearest_swaps"] = nearest_swap_rows(scorer, train, test, refs)
         write_json(cache, cached)
         return cached
-    baselines, note = score_baselines(scorer, train, test, refs)
+    baselines, note, swaps = plain_baselines(run, path.name, cfg.EVAL.METEOR) if decode else (None, None, None)
+    if baselines is None:  # decoding changes the model's captions only: the baselines of the plain run stand
+        baselines, note = score_baselines(scorer, train, test, refs)
+        swaps = nearest_swap_rows(scorer, train, test, refs)
     standards = load_standards_for(cfg)
     clips, segment = load_inference_clips(cfg, test_path, standards)
     device = default_device()
@@ -175,7 +188,7 @@ def evaluate_fold(run: Path, epochs: int, decode: tuple[str, ...] = ()) -> dict:
               "val_persons": sorted({person_of(c["video_name"]) for c in test}, key=lambda p: (len(p), p)),
               "model": model_metrics, "distinct_captions": distinct,
               "motion_control": motion_control_json(control),
-              "baselines": baselines, "nearest_swaps": nearest_swap_rows(scorer, train, test, refs), "note": note}
+              "baselines": baselines, "nearest_swaps": swaps, "note": note}
     write_json(cache, result)
     return result
 
