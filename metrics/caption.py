@@ -32,11 +32,12 @@ from typing import Mapping, Sequence
 from common.errors import UserError, sample_names
 from common.text import sanitize_caption
 from metrics.java import (JAVA_MISSING_MESSAGE, JAVA_START_TIMEOUT_S, METEOR_TIMEOUT_S, PTB_TIMEOUT_S,
-                          ScoringError, check_java_starts, close_meteor, meteor_score, ptb_tokenize, require_java)
+                          SPICE_TIMEOUT_S, ScoringError, check_java_starts, close_meteor, meteor_score, ptb_tokenize,
+                          require_java, spice_score)
 
 # Names other modules import from here; they live in metrics.java (and common.text) now.
 __all__ = ["METRIC_KEYS", "SPICE_KEY", "BERTSCORE_KEY", "CaptionScorer", "ScoringError", "JAVA_MISSING_MESSAGE",
-           "JAVA_START_TIMEOUT_S", "PTB_TIMEOUT_S", "METEOR_TIMEOUT_S", "close_meteor", "sanitize_caption"]
+           "JAVA_START_TIMEOUT_S", "PTB_TIMEOUT_S", "METEOR_TIMEOUT_S", "SPICE_TIMEOUT_S", "close_meteor", "sanitize_caption"]
 
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 SPICE_KEY = "SPICE"
@@ -162,19 +163,20 @@ class CaptionScorer:
     sanitised, untokenised captions with all usable references of a clip. Deterministic for the same inputs.
 
     Construction starts a JVM once, so a Java that is missing or cannot start fails here, before any work.
-    The timeouts (seconds) bound the start-up check, each PTB tokenizer run and each METEOR call. Problems
-    the user can fix (ids mismatch, optional metric unavailable) raise ``UserError``; Java that is missing,
-    cannot start, times out or crashes raises its subclass ``ScoringError``.
+    The timeouts (seconds) bound the start-up check, each PTB tokenizer run, each METEOR call and each SPICE
+    run. Problems the user can fix (ids mismatch, optional metric unavailable) raise ``UserError``; Java that
+    is missing, cannot start, times out or crashes raises its subclass ``ScoringError``.
     """
 
     def __init__(self, meteor: bool = True, spice: bool = False, bertscore: bool = False, *,
                  java_start_timeout_s: float = JAVA_START_TIMEOUT_S, ptb_timeout_s: float = PTB_TIMEOUT_S,
-                 meteor_timeout_s: float = METEOR_TIMEOUT_S):
+                 meteor_timeout_s: float = METEOR_TIMEOUT_S, spice_timeout_s: float = SPICE_TIMEOUT_S):
         self.meteor = bool(meteor)
         self.spice = bool(spice)
         self.bertscore = bool(bertscore)
         self.ptb_timeout_s = _positive_seconds("ptb_timeout_s", ptb_timeout_s)
         self.meteor_timeout_s = _positive_seconds("meteor_timeout_s", meteor_timeout_s)
+        self.spice_timeout_s = _positive_seconds("spice_timeout_s", spice_timeout_s)
         check_java_starts(_positive_seconds("java_start_timeout_s", java_start_timeout_s))
         if self.spice:
             _check_spice()
@@ -226,12 +228,9 @@ class CaptionScorer:
             out[BERTSCORE_KEY] = 100.0 * self._bertscore(preds, refs)
         return {k: out[k] for k in self.keys}
 
-    @staticmethod
-    def _spice(gts: dict, res: dict) -> float:
-        from pycocoevalcap.spice.spice import Spice
-
-        _check_spice()  # never let Spice() start a download
-        return float(Spice().compute_score(gts, res)[0])
+    def _spice(self, gts: dict, res: dict) -> float:
+        _check_spice()  # the CoreNLP jars must be there: never let SPICE start a download
+        return spice_score(gts, res, self.spice_timeout_s)
 
     @staticmethod
     def _bertscore(preds: list[str], refs: list[list[str]]) -> float:

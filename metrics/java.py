@@ -1,4 +1,4 @@
-"""The Java processes behind the caption metrics: the start-up check, the PTB tokenizer and METEOR.
+"""The Java processes behind the caption metrics: the start-up check, the PTB tokenizer, METEOR and SPICE.
 
 Every Java process here runs in its own session with a timeout, and is killed with everything it started
 (a `java` found on PATH may be a wrapper script that forks the JVM) when it times out, fails, or the caller
@@ -16,10 +16,15 @@ Measured behaviour of pycocoevalcap 1.2 this module guards against:
 * METEOR loads a large paraphrase table on its first call, so one instance is kept per process. A failed
   ``Meteor.compute_score`` leaves its lock held: the next call, or its ``__del__`` at exit, blocks forever.
   A failed instance is killed and discarded here; the next call starts a fresh one.
+* SPICE runs its jar with ``subprocess.check_call`` and no timeout, and writes its temp files inside the
+  package: ``spice_score`` runs the same jar with the same flags and input on temp files in the system temp
+  dir, with a timeout (its parse cache stays in the package's ``cache/``, as pycocoevalcap keeps it).
 """
 from __future__ import annotations
 
 import atexit
+import json
+import math
 import os
 import shutil
 import signal
@@ -39,6 +44,7 @@ JAVA_MISSING_MESSAGE = (
 JAVA_START_TIMEOUT_S = 60.0  # `java -version`: a JVM that cannot answer this is unusable
 PTB_TIMEOUT_S = 600.0  # one PTB tokenizer run over every caption and reference of a set
 METEOR_TIMEOUT_S = 900.0  # one METEOR call, the first one's paraphrase-table load included
+SPICE_TIMEOUT_S = 3600.0  # one SPICE run: it parses every caption and reference (minutes for thousands)
 
 
 class ScoringError(UserError):
@@ -276,3 +282,38 @@ def meteor_score(gts: dict, res: dict, timeout_s: float = METEOR_TIMEOUT_S) -> f
         finally:
             watchdog.cancel()
     return float(score)
+
+
+# ---- SPICE ---------------------------------------------------------------------------------------
+
+def spice_score(gts: dict, res: dict, timeout_s: float = SPICE_TIMEOUT_S) -> float:
+    """Mean SPICE F-score of tokenized ``res`` {id: [caption]} against ``gts`` {id: [reference, ...]}, 0-1,
+    as ``pycocoevalcap.spice.spice.Spice.compute_score`` computes it (same jar, flags and input JSON; a clip
+    whose score is not a number counts as NaN, so the mean is NaN then, as there)."""
+    from pycocoevalcap.spice import spice as spice_module
+
+    folder = os.path.dirname(os.path.abspath(spice_module.__file__))
+    ids = sorted(gts)
+    items = [{"image_id": i, "test": res[i][0], "refs": gts[i]} for i in ids]
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="spice_")
+    except OSError as e:
+        raise UserError(f"cannot create SPICE's temp folder ({e}); set TMPDIR to a writable folder") from e
+    with tmp as folder_tmp:
+        inp, out = os.path.join(folder_tmp, "in.json"), os.path.join(folder_tmp, "out.json")
+        with open(inp, "w") as f:
+            json.dump(items, f)
+        _run_java(["-jar", "-Xmx8G", spice_module.SPICE_JAR, inp, "-cache",
+                   os.path.join(folder, spice_module.CACHE_DIR), "-out", out, "-subset", "-silent"],
+                  f"SPICE (java, {len(ids)} captions)", timeout_s, cwd=folder)
+        with open(out) as f:
+            results = json.load(f)
+    scores = [_float_or_nan(item["scores"]["All"]["f"]) for item in results]
+    return sum(scores) / len(scores) if scores else math.nan
+
+
+def _float_or_nan(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

@@ -194,6 +194,29 @@ def test_spice_without_corenlp_jars_raises_user_error_not_download(monkeypatch, 
     assert list((tmp_path / "lib").iterdir()) == []
 
 
+@pytest.mark.skipif(shutil.which("java") is None, reason="needs Java")
+def test_spice_runs_under_a_timeout_and_fails_in_one_line():
+    """pycocoevalcap runs SPICE with no timeout; here the run is killed at the limit, and a SPICE that cannot
+    run (this machine lacks its CoreNLP jars) is a ScoringError naming it, not a hang or a traceback."""
+    gts, res = {"a": ["a man runs"]}, {"a": ["a man runs fast"]}
+    with pytest.raises(ScoringError, match=r"SPICE \(java, 1 captions\) did not finish within 0.001 s and was killed"):
+        java.spice_score(gts, res, timeout_s=0.001)
+    if not caption_spice_ready():
+        with pytest.raises(ScoringError, match=r"SPICE \(java, 1 captions\) exited with code") as err:
+            java.spice_score(gts, res, timeout_s=120)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="spice_timeout_s"):
+        CaptionScorer(meteor=False, spice_timeout_s=0)
+
+
+def caption_spice_ready() -> bool:
+    try:
+        caption._check_spice()
+    except UserError:
+        return False
+    return True
+
+
 def test_bertscore_unavailable_raises_user_error(monkeypatch):
     import builtins
 
