@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from alignment.window_search import best_window_start, gather_window
+from alignment.window_search import best_window_start
 
 
 FUSIONS = ("DIFFERENCE", "CONCAT")
@@ -20,25 +20,12 @@ def first_frame_coordinates(coords: torch.Tensor) -> torch.Tensor:
     return coords[:, :1].expand_as(coords)
 
 
-def aligned_standard_window(learner_emb: torch.Tensor, frame_mask: torch.Tensor, standard_emb: torch.Tensor,
-                            standard_lengths: torch.Tensor, which: torch.Tensor,
-                            segment_start: Optional[torch.Tensor] = None,
-                            std_segment_start: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The standard window [B,T,V,C] matched to each learner clip.
-
-    learner_emb [B,T,V,C]; standard_emb [S,Ts,V,C] holds each distinct standard once, `which` [B] picks
-    the standard of each sample. The start comes from the data's segment (learner frame a ↔ standard
-    frame b, so start = b − a, clamped at 0) or from the sliding-window search on joint-averaged embeddings.
-    """
-    start = window_start(learner_emb, frame_mask, standard_emb, standard_lengths, which, segment_start,
-                         std_segment_start)
-    return gather_window(standard_emb, standard_lengths, which, start, learner_emb.shape[1])
-
-
 def window_start(learner_emb: torch.Tensor, frame_mask: torch.Tensor, standard_emb: torch.Tensor,
                  standard_lengths: torch.Tensor, which: torch.Tensor, segment_start: Optional[torch.Tensor] = None,
                  std_segment_start: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """[B] the standard frame each learner clip's frame 0 is matched with (see aligned_standard_window)."""
+    """[B] the standard frame each learner clip's frame 0 is matched with: from the data's segment (learner
+    frame a ↔ standard frame b, so start = b − a, clamped at 0) or from the sliding-window search on
+    joint-averaged embeddings. `window_search.gather_window` then cuts the window [B,T,V,C]."""
     if segment_start is not None:
         start = (std_segment_start - segment_start).clamp(min=0)
         return torch.minimum(start, standard_lengths[which] - 1)

@@ -34,8 +34,7 @@ def clip_views(model, clips: list[dict], cfg: Config, segment: str, preds: dict[
         batch = move_batch(collate([dataset[i] for i in range(lo, min(lo + batch_size, len(clips)))]), device)
         names = batch["video_names"]
         captions = [preds[n]["caption"] for n in names]
-        labels, attention = model.cross_attention(batch, captions)
-        starts = model.standard_window_starts(batch)
+        labels, attention, starts = model.cross_attention(batch, captions)
         for i, name in enumerate(names):  # per-clip pictures; the model work above is batched
             clip = clips[lo + i]
             ids = [t for t in labels[i].tolist() if t >= 0][prompt_len:-1]  # the caption's tokens, no eos

@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from alignment.reference import (aligned_standard_window, first_frame_coordinates, fuse_with_standard, fused_width,
-                                 window_start)
+from alignment.reference import first_frame_coordinates, fuse_with_standard, fused_width, window_start
+from alignment.window_search import gather_window
 from dataloaders.features import face_forward, skeleton_features
 from dataloaders.splits import person_of
 from models.adversary import PersonAdversary
@@ -146,15 +146,21 @@ class MotionToText(nn.Module):
 
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """→ T5 input tokens [B,N,d_model], their mask [B,N], att_node [B,1,T,22], att_A [B,4,22,22]."""
+        return self.encode_with_window_start(batch)[:4]
+
+    def encode_with_window_start(self, batch: dict) -> tuple:
+        """`encode`'s four tensors, then [B] the standard frame matched with each clip's first frame (BRANCH 1
+        finetuning; None otherwise): which part of the standard the model compared the learner with."""
         coords, frame_mask = self.input_coordinates(batch["coordinates"]), batch["frame_mask"]
         emb, att_node, att_A = self.encoder(skeleton_features(coords), frame_mask)  # emb [B,T,22,C]
+        start = None
         if self.branch == 1:
             if self.pretrain:  # the original's stand-in: the static first-frame pose, encoded like a standard
                 standard_window = self.embed_reference(first_frame_coordinates(coords), frame_mask)
-            else:
+            else:  # the data's segment (learner frame a ↔ standard frame b) or the sliding-window search
                 standard_emb, lengths, which = self.embed_standards(batch["motion_types"])
-                segment = self.data_segment(batch)
-                standard_window = aligned_standard_window(emb, frame_mask, standard_emb, lengths, which, *segment)
+                start = window_start(emb, frame_mask, standard_emb, lengths, which, *self.data_segment(batch))
+                standard_window = gather_window(standard_emb, lengths, which, start, emb.shape[1])  # [B,T,22,C]
             emb = fuse_with_standard(emb, standard_window, frame_mask, self.fusion)
         elif self.branch == 2:
             extra = batch["subtraction"][:, :, None, :].expand(-1, -1, emb.shape[2], -1)  # [B,T,22,Cs]
@@ -162,7 +168,7 @@ class MotionToText(nn.Module):
         tokens, token_mask = self.projection(emb, frame_mask)
         if self.use_retrieval:
             tokens, token_mask = self.add_retrieved_text(tokens, token_mask, batch)
-        return tokens, token_mask, att_node, att_A
+        return tokens, token_mask, att_node, att_A, start
 
     def motion_free_tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """T5 input tokens [B,N,d_model] and mask of the batch's clips with their fused skeleton embedding set to
@@ -275,23 +281,12 @@ class MotionToText(nn.Module):
         return inputs.masked_fill(drop, tok.unk_token_id)
 
     @torch.no_grad()
-    def standard_window_starts(self, batch: dict) -> Optional[torch.Tensor]:
-        """[B] the standard frame matched with each clip's first frame (BRANCH 1 finetuning), else None: which
-        part of the standard the model compared the learner with."""
-        if self.branch != 1 or self.pretrain:
-            return None
-        coords, frame_mask = self.input_coordinates(batch["coordinates"]), batch["frame_mask"]
-        emb = self.encoder(skeleton_features(coords), frame_mask)[0]
-        standard_emb, lengths, which = self.embed_standards(batch["motion_types"])
-        segment = self.data_segment(batch)
-        return window_start(emb, frame_mask, standard_emb, lengths, which, *segment)
-
-    @torch.no_grad()
-    def cross_attention(self, batch: dict, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_attention(self, batch: dict, captions: list[str]) -> tuple:
         """(label ids [B, L] (prompt + caption + eos, -100 padding), the decoder's attention over T5's input
-        tokens while writing each of them [B, L, N], the mean over layers and heads). Teacher-forced on
-        `captions`: for the model's own greedy captions it is the attention generation used."""
-        tokens, token_mask, _, _ = self.encode(batch)
+        tokens while writing each of them [B, L, N], the mean over layers and heads, the standard window's
+        start [B] or None as `encode_with_window_start` gives it). Teacher-forced on `captions`: for the
+        model's own greedy captions it is the attention generation used."""
+        tokens, token_mask, _, _, start = self.encode_with_window_start(batch)
         labels = self.codec.encode_targets(captions).to(tokens.device)
         fast = self.t5.config._attn_implementation  # SDPA returns no attention weights: eager for this pass
         self.t5.set_attn_implementation("eager")
@@ -299,7 +294,7 @@ class MotionToText(nn.Module):
             out = self.t5(inputs_embeds=tokens, attention_mask=token_mask.long(), labels=labels, output_attentions=True)
         finally:
             self.t5.set_attn_implementation(fast)
-        return labels, torch.stack(out.cross_attentions).float().mean(dim=(0, 2))
+        return labels, torch.stack(out.cross_attentions).float().mean(dim=(0, 2)), start
 
     @torch.no_grad()
     def generate(self, batch: dict,

@@ -274,21 +274,9 @@ def test_data_segment_sets_the_standard_window_start():
     model, batch = model_and_batch("TIME_POOL", branch=1, pretrain=False, segment="ALIGNED")
     batch["segment_start"] = torch.tensor([0, 0, 2])
     batch["std_segment_start"] = torch.tensor([3, 0, 2])
-    captured = {}
-    import alignment.reference as ref
-
-    original = ref.gather_window
-
-    def spy(standard, lengths, which, start, n):
-        captured["start"] = start.tolist()
-        return original(standard, lengths, which, start, n)
-
-    ref.gather_window = spy
-    try:
-        model.encode(batch)
-    finally:
-        ref.gather_window = original
-    assert captured["start"] == [3, 0, 0]
+    start = model.encode_with_window_start(batch)[4]
+    assert start.tolist() == [3, 0, 0]  # standard frame b − learner frame a, clamped at 0
+    assert torch.equal(model.cross_attention(batch, ["a", "b", "c"])[2], start)  # the report's window is the same
 
 
 def test_every_parameter_of_the_whole_model_gets_a_gradient():
@@ -477,8 +465,8 @@ def test_generation_builds_no_autograd_graph():
     batch = make_batch([random_clip(8, seed=1), random_clip(6, seed=2)], motion_types=["Jab", "Cross"])
     _, att_node, att_A = model.generate(batch)
     assert not att_node.requires_grad and not att_A.requires_grad
-    assert not model.cross_attention(batch, ["punch", "chin"])[1].requires_grad
-    assert not model.standard_window_starts(batch).requires_grad
+    _, attention, starts = model.cross_attention(batch, ["punch", "chin"])
+    assert not attention.requires_grad and not starts.requires_grad
 
 
 # ---- guided decoding ----------------------------------------------------------------------------
