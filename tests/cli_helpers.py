@@ -37,8 +37,10 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 TINY_SIZES = {"pretrain_train": 24, "pretrain_test": 11, "train": 24, "test": 11, "standard": 2}
 
 
-def tiny_data(out_dir: Path, sizes: Optional[dict] = None, seed: int = 0) -> dict[str, Path]:
-    """The synthetic corpus (dataloaders.synthetic) cut to a few clips; {stem: path of the .pkl}."""
+def tiny_data(out_dir: Path, sizes: Optional[dict] = None, seed: int = 0, frame_step: int = 2) -> dict[str, Path]:
+    """The synthetic corpus (dataloaders.synthetic) cut to a few clips, each clip and standard keeping every
+    `frame_step`-th frame (its segment keys with it): 20–40 frames instead of 40–80 halves every training and
+    evaluation step of the CLI tests, which test what happens, not how well; {stem: path of the .pkl}."""
     from dataloaders.formats import load_clips
     from dataloaders.formats import dump_clips
     from dataloaders.synthetic import generate
@@ -48,8 +50,24 @@ def tiny_data(out_dir: Path, sizes: Optional[dict] = None, seed: int = 0) -> dic
     paths = {}
     for stem, n in {**TINY_SIZES, **(sizes or {})}.items():
         paths[stem] = out_dir / f"{stem}.pkl"
-        dump_clips(load_clips(full[stem])[:n], paths[stem])  # same pickling as the released files
+        clips = [every_nth_frame(c, frame_step) for c in load_clips(full[stem])[:n]]
+        dump_clips(clips, paths[stem])  # same pickling as the released files
     return paths
+
+
+def every_nth_frame(clip: dict, step: int) -> dict:
+    """The clip with every `step`-th frame; segment starts map to floor(start / step), ends to ceil(end / step)."""
+    if step == 1:
+        return clip
+    out = dict(clip, coordinates=clip["coordinates"][::step].clone())
+    ceil = lambda x: -(-int(x) // step)  # noqa: E731
+    for key in [k for k in clip if k.endswith(("_start_frame", "_end_frame"))]:
+        out[key] = int(clip[key]) // step if key.endswith("_start_frame") else ceil(clip[key])
+    for prefix in {k[: -len("_seq_len")] for k in clip if k.endswith("_seq_len") and k != "original_seq_len"}:
+        out[f"{prefix}_seq_len"] = out[f"{prefix}_end_frame"] - out[f"{prefix}_start_frame"]
+    if "original_seq_len" in clip:
+        out["original_seq_len"] = len(out["coordinates"])
+    return out
 
 
 def video_names(path: Path) -> list[str]:
