@@ -144,9 +144,11 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
 def target_label_index(cfg: Config, train_clips: list[dict]) -> Optional[int]:
     """The one label position training targets (DATA.LABEL_INDEX, or RETRIEVAL.LABEL_INDEX, which implies it),
     None for every label; a training clip without a label there is an error naming it, not a clip dropped."""
-    key, slot = next(((k, v) for k, v in (("DATA.LABEL_INDEX", cfg.DATA.LABEL_INDEX),
-                                         ("RETRIEVAL.LABEL_INDEX", cfg.RETRIEVAL.LABEL_INDEX)) if v >= 0), (None, -1))
-    if key is None:
+    if cfg.DATA.LABEL_INDEX >= 0:
+        key, slot = "DATA.LABEL_INDEX", cfg.DATA.LABEL_INDEX
+    elif cfg.RETRIEVAL.LABEL_INDEX >= 0:
+        key, slot = "RETRIEVAL.LABEL_INDEX", cfg.RETRIEVAL.LABEL_INDEX
+    else:
         return None
     short = [c["video_name"] for c in train_clips if len(c.get("labels") or []) <= slot]
     if short:
