@@ -124,12 +124,17 @@ def distinct_captions(run: Path, epochs: int) -> list[int]:
     return [len(set(preds.values())), len(preds)]
 
 
+def read_cache(path: Path, checkpoint: str, meteor: bool) -> dict:
+    """A fold's cached evaluation when it is of `checkpoint`, scored with METEOR as asked; else {}."""
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    return cached if cached.get("checkpoint") == checkpoint and cached.get("meteor") == meteor else {}
+
+
 def plain_baselines(run: Path, checkpoint: str, meteor: bool) -> tuple:
     """(baselines, note, nearest swaps) from the fold's plain evaluation of the same checkpoint, scored the same
     way; (None, None, None) when there is none."""
-    path = run / "cv_eval.json"
-    plain = json.loads(path.read_text()) if path.is_file() else {}
-    if plain.get("checkpoint") != checkpoint or plain.get("meteor") != meteor or "nearest_swaps" not in plain:
+    plain = read_cache(run / "cv_eval.json", checkpoint, meteor)
+    if "nearest_swaps" not in plain:
         return None, None, None
     return plain["baselines"], plain["note"], plain["nearest_swaps"]
 
@@ -154,8 +159,8 @@ def evaluate_fold(run: Path, epochs: int, decode: tuple[str, ...] = ()) -> dict:
     if path is None:
         raise UserError(f"{cfg.checkpoint_dir}: no valid checkpoint; train the fold first")
     cache = run / f"cv_eval{decode_slug(list(decode))}.json"
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    valid = cached.get("checkpoint") == path.name and cached.get("meteor") == cfg.EVAL.METEOR
+    cached = read_cache(cache, path.name, cfg.EVAL.METEOR)
+    valid = bool(cached)
     if valid and not decode:
         cached["distinct_captions"] = distinct_captions(run, epochs)  # caches written before it
     if valid and "nearest_swaps" in cached:
