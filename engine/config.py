@@ -194,6 +194,9 @@ class T5Config:
     # Training only: weight of an auxiliary loss that predicts the bag of caption words from the mean of T5's
     # encoder output (what the decoder cross-attends to), so that output must carry the caption's content; 0 = off.
     WORD_BAG: float = key(0.0, Range(0.0, 100.0))
+    # Training only: weight of a contrastive loss (CLIP's) that asks the mean of T5's encoder output over the
+    # motion to pick the clip's own caption (encoded by the same T5 encoder) out of the batch's captions; 0 = off.
+    CONTRASTIVE: float = key(0.0, Range(0.0, 100.0))
     # LoRA adapters (through peft): the way to finetune a large pretrained T5 on a few hundred clips.
     LORA: LoraConfig = field(default_factory=LoraConfig)
     # Which T5 parameters train: NONE all; ENCODER all but its encoder stack; ALL_BUT_LORA its adapters only.
@@ -271,7 +274,7 @@ class Config:
             fusion=self.ALIGNMENT.FUSION, use_data_segment=self.ALIGNMENT.REFERENCE_SEGMENT != "NONE",
             retrieval=self.RETRIEVAL.NEIGHBOURS > 0, word_dropout=self.T5.WORD_DROPOUT,
             motion_margin=self.T5.MOTION_MARGIN, word_bag=self.T5.WORD_BAG,
-            person_adversary=adversary, persons=sorted(persons) if adversary > 0 else [],
+            contrastive=self.T5.CONTRASTIVE, person_adversary=adversary, persons=sorted(persons) if adversary > 0 else [],
             subtraction_dim=subtraction_dim if self.BRANCH == 2 else 0, lora=self.lora(), prompt=self.prompt, t5=dict(t5),
             generation=self.generation)
 
@@ -323,9 +326,11 @@ def _check_lora(t5: T5Config) -> None:
 def check_config(cfg: Config) -> None:
     """Every numeric key within its range, then the rules between keys."""
     _check_ranges(cfg, "")
-    if cfg.T5.MOTION_MARGIN and (cfg.T5.WORD_BAG or cfg.TRANSFORMATION.PERSON_ADVERSARY):
-        other = "T5.WORD_BAG" if cfg.T5.WORD_BAG else "TRANSFORMATION.PERSON_ADVERSARY"
-        raise UserError(f"config keys {other}={cfg.T5.WORD_BAG or cfg.TRANSFORMATION.PERSON_ADVERSARY}, "
+    others = {"T5.WORD_BAG": cfg.T5.WORD_BAG, "T5.CONTRASTIVE": cfg.T5.CONTRASTIVE,
+              "TRANSFORMATION.PERSON_ADVERSARY": cfg.TRANSFORMATION.PERSON_ADVERSARY}
+    other = next((k for k, v in others.items() if v), None)
+    if cfg.T5.MOTION_MARGIN and other:
+        raise UserError(f"config keys {other}={others[other]}, "
                         f"T5.MOTION_MARGIN={cfg.T5.MOTION_MARGIN}: the motion margin's paired T5 pass does not add "
                         "the other auxiliary losses; use one of them (set the other to 0)")
     if cfg.DATA.AUGMENT_TURN_DEG and cfg.TRANSFORMATION.CANONICAL_FACING:

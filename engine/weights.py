@@ -285,8 +285,8 @@ def _adapted_name(name: str, own: dict) -> str:
 
 
 # Not loaded when finetuning: the projection's input width depends on the branch, and the auxiliary heads
-# (word bag, person adversary) exist for one run's training losses only.
-FRESH_PREFIXES = ("projection.", "word_bag.", "person_adversary.")
+# (word bag, person adversary, contrastive heads) exist for one run's training losses only.
+FRESH_PREFIXES = ("projection.", "word_bag.", "person_adversary.", "contrastive.")
 
 
 def load_pretrained_weights(model: MotionToText, state: dict, source: Path) -> None:

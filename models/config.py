@@ -46,6 +46,7 @@ class MotionToTextConfig:
     motion_margin: float = 0.0  # training only: hinge on nll(caption | other motion) − nll(caption | own motion)
     word_bag: float = 0.0  # training only: weight of predicting the caption's words from T5's encoder output
     person_adversary: float = 0.0  # training only: weight of the gradient-reversed person head (models/adversary.py)
+    contrastive: float = 0.0  # training only: weight of the motion–caption contrastive loss (models/contrastive.py)
     persons: list[str] = field(default_factory=list)  # the training persons that head tells apart
     subtraction_dim: int = 0  # branch 2: width of the per-frame external features
     # LoRA adapters: {} none; else {"rank", "alpha", "dropout", "t5_modules": [...], "stagcn": bool}

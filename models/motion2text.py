@@ -22,6 +22,7 @@ from alignment.window_search import gather_window
 from dataloaders.features import face_forward, skeleton_features
 from dataloaders.splits import person_of
 from models.adversary import PersonAdversary
+from models.contrastive import MotionCaptionContrast
 from models.lora import ENCODER_MODULES, add_adapters
 from models.config import Generation, MotionToTextConfig
 from models.guidance import ReferenceGuidance
@@ -92,6 +93,8 @@ class MotionToText(nn.Module):
         self.person_adversary_weight = config.person_adversary
         self.person_adversary = (PersonAdversary(t5.config.d_model, config.persons)
                                  if config.person_adversary > 0 else None)
+        self.contrastive_weight = config.contrastive
+        self.contrastive = MotionCaptionContrast(t5.config.d_model) if config.contrastive > 0 else None
         if config.lora:
             self.add_adapters(config.lora)
         self.standard_names: list[str] = []
@@ -197,7 +200,8 @@ class MotionToText(nn.Module):
         """Mean cross-entropy over non-pad label tokens (pads are -100, never in the loss); in training with
         MOTION_MARGIN > 0, plus the motion-margin loss (see `motion_margin_loss`); with WORD_BAG > 0, plus that
         weight times the word-bag loss (see `word_bag_loss`); with PERSON_ADVERSARY > 0, plus that weight times
-        the person adversary's loss on T5's encoder output (models/adversary.py)."""
+        the person adversary's loss on T5's encoder output (models/adversary.py); with CONTRASTIVE > 0, plus that
+        weight times the motion–caption contrastive loss (see `contrastive_loss`)."""
         tokens, token_mask, _, _ = self.encode(batch)
         decoder_inputs = self.noisy_decoder_inputs(labels) if self.training and self.word_dropout > 0 else None
         if self.training and self.motion_margin > 0 and len(labels) > 1:
@@ -212,7 +216,23 @@ class MotionToText(nn.Module):
             persons = [person_of(name) for name in batch["video_names"]]
             loss = loss + self.person_adversary_weight * self.person_adversary.loss(
                 encoded.last_hidden_state, token_mask, persons)
+        if self.training and self.contrastive is not None:
+            loss = loss + self.contrastive_weight * self.contrastive_loss(encoded.last_hidden_state, token_mask, labels)
         return loss
+
+    def contrastive_loss(self, encoded: torch.Tensor, token_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """models/contrastive.py's loss between T5's encoder output over the clips' tokens [B,N,d] and T5's
+        encoder run on each clip's caption (its label tokens after the prompt, eos left out)."""
+        words = self.caption_words(labels)
+        ids = labels.masked_fill(~words, self.codec.tokenizer.pad_token_id)
+        caption = self.t5.encoder(input_ids=ids, attention_mask=words.long()).last_hidden_state
+        return self.contrastive.loss(encoded, token_mask, caption, words)
+
+    def caption_words(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B,L] bool: the caption's own tokens in `labels` — not the prompt, eos or padding."""
+        words = labels != -100
+        words[:, : len(self.codec.prompt_ids)] = False
+        return words & (labels != self.codec.tokenizer.eos_token_id)
 
     def word_bag_loss(self, encoded: torch.Tensor, token_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy between the caption's word distribution (its token counts after the prompt, eos and
@@ -223,9 +243,7 @@ class MotionToText(nn.Module):
         write from its own context; this asks the representation it cross-attends to for the caption's
         content directly, with no decoder in between."""
         log_probs = F.log_softmax(self.word_bag(mean_over_tokens(encoded, token_mask)).float(), dim=-1)  # [B,V]
-        words = labels != -100
-        words[:, : len(self.codec.prompt_ids)] = False
-        words &= labels != self.codec.tokenizer.eos_token_id
+        words = self.caption_words(labels)
         counts = torch.zeros_like(log_probs).scatter_add_(1, labels.clamp(min=0), words.float())
         target = counts / counts.sum(1, keepdim=True).clamp(min=1)
         return -(target * log_probs).sum(1).mean()

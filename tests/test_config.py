@@ -60,6 +60,7 @@ def test_a_wrong_type_names_key_value_and_expected_type(tmp_path):
     ("OUT_CHANNEL=100", r"OUT_CHANNEL must equal 4 × HIDDEN_CHANNEL"),
     ("DROPOUT=1.5", r"DROPOUT: got 1.5, expected a finite value in \[0.0, 1.0\)"),
     ("T5.WORD_BAG=0.5 T5.MOTION_MARGIN=0.2", r"T5.WORD_BAG=0.5, T5.MOTION_MARGIN=0.2: the motion margin's paired"),
+    ("T5.CONTRASTIVE=1 T5.MOTION_MARGIN=0.2", r"T5.CONTRASTIVE=1.0, T5.MOTION_MARGIN=0.2: the motion margin"),
     ("TRANSFORMATION.PERSON_ADVERSARY=0.1 T5.MOTION_MARGIN=0.2",
      r"TRANSFORMATION.PERSON_ADVERSARY=0.1, T5.MOTION_MARGIN=0.2: the motion margin's paired"),
     ("DATA.AUGMENT_TURN_DEG=30 TRANSFORMATION.CANONICAL_FACING=true",

@@ -430,6 +430,53 @@ def test_word_bag_loss_is_cross_entropy_plus_the_weighted_word_distribution_loss
     assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
 
 
+def _contrastive_loss_by_hand(model, hidden, mask, labels, captions) -> torch.Tensor:
+    """CLIP's loss written out per pair: each caption encoded alone (no padding), pooled by plain means."""
+    head = model.contrastive
+    words = [model.codec.tokenizer(c, add_special_tokens=False).input_ids for c in captions]
+    m = [torch.nn.functional.normalize(head.motion_head(hidden[b, mask[b]].mean(0)), dim=0) for b in range(len(labels))]
+    c = [torch.nn.functional.normalize(head.caption_head(
+        model.t5.encoder(input_ids=torch.tensor([w])).last_hidden_state[0].mean(0)), dim=0) for w in words]
+    scale = head.logit_scale.exp()
+    total = 0.0
+    for i in range(len(labels)):
+        row = torch.stack([scale * m[i] @ c[j] for j in range(len(labels))])  # motion i against every caption
+        col = torch.stack([scale * m[j] @ c[i] for j in range(len(labels))])  # caption i against every motion
+        total = total - (torch.log_softmax(row, 0)[i] + torch.log_softmax(col, 0)[i]) / 2
+    return total / len(labels)
+
+
+def test_contrastive_loss_is_cross_entropy_plus_the_weighted_clip_loss():
+    off = {"DROPOUT": 0.0, "TRANSFORMATION": {"PROJECTION_DROPOUT": 0.0}}
+    model = tiny_model(tiny_config(T5={"DROPOUT": 0.0, "CONTRASTIVE": 0.5}, **off)).train()
+    clips = [random_clip(8, seed=1), random_clip(6, seed=2), random_clip(7, seed=3), random_clip(5, seed=4)]
+    captions = ["a person walks forward walks", "jumps", "keep your hand at chin", "jumps"]
+    batch = make_batch(clips)
+    labels = model.codec.encode_targets(captions)
+    with torch.no_grad():
+        loss = model(batch, labels)
+        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
+        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
+        hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
+        contrast = _contrastive_loss_by_hand(model, hidden, mask, labels, captions)
+    assert contrast > 0.5
+    torch.testing.assert_close(loss, plain + 0.5 * contrast)
+
+    model.zero_grad()  # the auxiliary loss alone trains the skeleton encoder, not only its own heads
+    tokens, mask, _, _ = model.encode(batch)
+    hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
+    model.contrastive_loss(hidden, mask, labels).backward()
+    assert model.contrastive.motion_head.weight.grad.abs().sum() > 0
+    assert model.encoder.input_bn.weight.grad.abs().sum() > 0
+
+    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
+
+
+def test_default_model_has_no_contrastive_heads():
+    model = tiny_model(tiny_config())
+    assert model.contrastive is None and not any("contrastive" in n for n, _ in model.named_parameters())
+
+
 def test_default_model_has_no_word_bag_head():
     model = tiny_model(tiny_config())
     assert model.word_bag is None and not any("word_bag" in n for n, _ in model.named_parameters())
