@@ -394,10 +394,31 @@ def test_motion_margin_loss_is_cross_entropy_plus_hinge_on_the_other_clips_motio
 
 
 
-def _word_bag_nll(model, tokens, mask, labels) -> torch.Tensor:
+def _assert_loss_is_cross_entropy_plus_weighted(model, batch, labels, weight, by_hand, auxiliary, head):
+    """In training, model(batch, labels) = T5's cross-entropy + weight × `by_hand(hidden, mask)` (the auxiliary loss
+    written out, over T5's encoder output `hidden`); `auxiliary(hidden, mask, labels)` alone trains its `head` and
+    the skeleton encoder below it; in evaluation the loss is the plain cross-entropy."""
+    with torch.no_grad():
+        loss = model(batch, labels)
+        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
+        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
+        hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
+        expected = by_hand(hidden, mask)
+    assert expected > 0.5
+    torch.testing.assert_close(loss, plain + weight * expected)
+
+    model.zero_grad()
+    tokens, mask, _, _ = model.encode(batch)
+    hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
+    auxiliary(hidden, mask, labels).backward()
+    assert head.weight.grad.abs().sum() > 0 and model.encoder.input_bn.weight.grad.abs().sum() > 0
+
+    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
+
+
+def _word_bag_nll(model, hidden, mask, labels) -> torch.Tensor:
     """The word-bag loss written out with loops: each caption's words (after the prompt, no eos) as a
     distribution, against the head's softmax over the mean encoder output."""
-    hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
     total = 0.0
     for b in range(len(labels)):
         pooled = hidden[b, mask[b]].mean(0)
@@ -413,37 +434,25 @@ def test_word_bag_loss_is_cross_entropy_plus_the_weighted_word_distribution_loss
     model = tiny_model(tiny_config(T5={"DROPOUT": 0.0, "WORD_BAG": 0.5}, **off)).train()
     batch = make_batch([random_clip(8, seed=1), random_clip(6, seed=2), random_clip(7, seed=3)])
     labels = model.codec.encode_targets(["a person walks forward walks", "jumps", "keep your hand at chin"])
-    with torch.no_grad():
-        loss = model(batch, labels)
-        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
-        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
-        bag = _word_bag_nll(model, tokens, mask, labels)
-    assert bag > 1.0
-    torch.testing.assert_close(loss, plain + 0.5 * bag)
-
-    model.zero_grad()  # the auxiliary loss alone trains the skeleton encoder, not only its own head
-    tokens, mask, _, _ = model.encode(batch)
-    hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
-    model.word_bag_loss(hidden, mask, labels).backward()
-    assert model.word_bag.weight.grad.abs().sum() > 0 and model.encoder.input_bn.weight.grad.abs().sum() > 0
-
-    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
+    _assert_loss_is_cross_entropy_plus_weighted(model, batch, labels, 0.5,
+                                                lambda hidden, mask: _word_bag_nll(model, hidden, mask, labels),
+                                                model.word_bag_loss, model.word_bag)
 
 
-def _contrastive_loss_by_hand(model, hidden, mask, labels, captions) -> torch.Tensor:
+def _contrastive_loss_by_hand(model, hidden, mask, captions) -> torch.Tensor:
     """CLIP's loss written out per pair: each caption encoded alone (no padding), pooled by plain means."""
     head = model.contrastive
     words = [model.codec.tokenizer(c, add_special_tokens=False).input_ids for c in captions]
-    m = [torch.nn.functional.normalize(head.motion_head(hidden[b, mask[b]].mean(0)), dim=0) for b in range(len(labels))]
+    m = [torch.nn.functional.normalize(head.motion_head(hidden[b, mask[b]].mean(0)), dim=0) for b in range(len(hidden))]
     c = [torch.nn.functional.normalize(head.caption_head(
         model.t5.encoder(input_ids=torch.tensor([w])).last_hidden_state[0].mean(0)), dim=0) for w in words]
     scale = head.logit_scale.exp()
     total = 0.0
-    for i in range(len(labels)):
-        row = torch.stack([scale * m[i] @ c[j] for j in range(len(labels))])  # motion i against every caption
-        col = torch.stack([scale * m[j] @ c[i] for j in range(len(labels))])  # caption i against every motion
+    for i in range(len(captions)):
+        row = torch.stack([scale * m[i] @ c[j] for j in range(len(captions))])  # motion i against every caption
+        col = torch.stack([scale * m[j] @ c[i] for j in range(len(captions))])  # caption i against every motion
         total = total - (torch.log_softmax(row, 0)[i] + torch.log_softmax(col, 0)[i]) / 2
-    return total / len(labels)
+    return total / len(captions)
 
 
 def test_contrastive_loss_is_cross_entropy_plus_the_weighted_clip_loss():
@@ -453,23 +462,10 @@ def test_contrastive_loss_is_cross_entropy_plus_the_weighted_clip_loss():
     captions = ["a person walks forward walks", "jumps", "keep your hand at chin", "jumps"]
     batch = make_batch(clips)
     labels = model.codec.encode_targets(captions)
-    with torch.no_grad():
-        loss = model(batch, labels)
-        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
-        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
-        hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
-        contrast = _contrastive_loss_by_hand(model, hidden, mask, labels, captions)
-    assert contrast > 0.5
-    torch.testing.assert_close(loss, plain + 0.5 * contrast)
-
-    model.zero_grad()  # the auxiliary loss alone trains the skeleton encoder, not only its own heads
-    tokens, mask, _, _ = model.encode(batch)
-    hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
-    model.contrastive_loss(hidden, mask, labels).backward()
-    assert model.contrastive.motion_head.weight.grad.abs().sum() > 0
-    assert model.encoder.input_bn.weight.grad.abs().sum() > 0
-
-    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
+    _assert_loss_is_cross_entropy_plus_weighted(model, batch, labels, 0.5,
+                                                lambda hidden, mask: _contrastive_loss_by_hand(model, hidden, mask,
+                                                                                               captions),
+                                                model.contrastive_loss, model.contrastive.motion_head)
 
 
 def test_default_model_has_no_contrastive_heads():
