@@ -74,6 +74,22 @@ def take(batch: dict, i: int) -> dict:
     return out
 
 
+def assert_training_loss_is_cross_entropy_plus(model, batch: dict, labels: torch.Tensor, weight: float, by_hand,
+                                               floor: float) -> None:
+    """In training, model(batch, labels) = T5's cross-entropy + weight × `by_hand(hidden, mask)`: an auxiliary loss
+    written out over T5's encoder output `hidden` [B,N,d] of the clips' tokens `mask` [B,N], which must exceed
+    `floor` (so the comparison is not 0 against 0); then, in eval mode, the loss is the plain cross-entropy."""
+    with torch.no_grad():
+        loss = model(batch, labels)
+        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
+        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
+        hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
+        expected = by_hand(hidden, mask)
+    assert expected > floor
+    torch.testing.assert_close(loss, plain + weight * expected)
+    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
+
+
 def assert_evaluation_loss_is_plain_cross_entropy(model, batch: dict, labels: torch.Tensor) -> None:
     """In eval mode the model's loss is T5's cross-entropy on the clip's tokens alone: no auxiliary loss."""
     model.eval()

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from common.errors import UserError
 from engine.weights import load_pretrained_weights
 from models.adversary import PersonAdversary, reverse_gradient
-from tests.helpers import assert_evaluation_loss_is_plain_cross_entropy, make_batch, random_clip, tiny_config, tiny_model
+from tests.helpers import assert_training_loss_is_cross_entropy_plus, make_batch, random_clip, tiny_config, tiny_model
 
 OFF = {"DROPOUT": 0.0, "TRANSFORMATION": {"PROJECTION_DROPOUT": 0.0, "PERSON_ADVERSARY": 0.5}}
 PERSONS = ["0", "1", "2"]
@@ -43,16 +43,8 @@ def test_training_loss_is_cross_entropy_plus_the_weighted_person_loss():
     model = _adversary_model()
     batch = _batch()
     labels = model.codec.encode_targets(["a person walks forward", "jumps", "keep your hand at chin"])
-    with torch.no_grad():
-        loss = model(batch, labels)
-        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
-        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
-        hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
-        person = _person_nll(model, hidden, mask, ["2", "0", "2"])
-    assert person > 0.1
-    torch.testing.assert_close(loss, plain + 0.5 * person)
-
-    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
+    assert_training_loss_is_cross_entropy_plus(
+        model, batch, labels, 0.5, lambda hidden, mask: _person_nll(model, hidden, mask, ["2", "0", "2"]), floor=0.1)
 
 
 def test_the_head_learns_to_tell_persons_apart_and_everything_below_it_learns_the_opposite():

@@ -6,8 +6,8 @@ from alignment.reference import fuse_with_standard
 from alignment.window_search import best_window_start, gather_window
 from models.projection import Projection, reduce_tokens
 from models.motion2text import other_clip_index
-from tests.helpers import (assert_evaluation_loss_is_plain_cross_entropy, make_batch, random_clip, take, tiny_config,
-                           tiny_model)
+from tests.helpers import (assert_evaluation_loss_is_plain_cross_entropy, assert_training_loss_is_cross_entropy_plus,
+                           make_batch, random_clip, take, tiny_config, tiny_model)
 
 POLICIES = ["TIME_POOL", "SKELETON_POOL", "ORIGIN"]
 STANDARDS = {"Jab": random_clip(14, seed=100), "Cross": random_clip(9, seed=101)}
@@ -394,26 +394,13 @@ def test_motion_margin_loss_is_cross_entropy_plus_hinge_on_the_other_clips_motio
 
 
 
-def _assert_loss_is_cross_entropy_plus_weighted(model, batch, labels, weight, by_hand, auxiliary, head):
-    """In training, model(batch, labels) = T5's cross-entropy + weight × `by_hand(hidden, mask)` (the auxiliary loss
-    written out, over T5's encoder output `hidden`); `auxiliary(hidden, mask, labels)` alone trains its `head` and
-    the skeleton encoder below it; in evaluation the loss is the plain cross-entropy."""
-    with torch.no_grad():
-        loss = model(batch, labels)
-        tokens, mask, _, _ = model.encode(batch)  # train-mode BatchNorm: the same batch gives the same tokens
-        plain = model.t5(inputs_embeds=tokens, attention_mask=mask.long(), labels=labels).loss
-        hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
-        expected = by_hand(hidden, mask)
-    assert expected > 0.5
-    torch.testing.assert_close(loss, plain + weight * expected)
-
-    model.zero_grad()
+def _assert_auxiliary_loss_trains_its_head_and_the_encoder(model, batch, labels, auxiliary, head):
+    """`auxiliary(hidden, mask, labels)` alone, over T5's encoder output, trains its `head` and the skeleton encoder."""
+    model.train().zero_grad()
     tokens, mask, _, _ = model.encode(batch)
     hidden = model.t5.encoder(inputs_embeds=tokens, attention_mask=mask.long()).last_hidden_state
     auxiliary(hidden, mask, labels).backward()
     assert head.weight.grad.abs().sum() > 0 and model.encoder.input_bn.weight.grad.abs().sum() > 0
-
-    assert_evaluation_loss_is_plain_cross_entropy(model, batch, labels)
 
 
 def _word_bag_nll(model, hidden, mask, labels) -> torch.Tensor:
@@ -434,9 +421,9 @@ def test_word_bag_loss_is_cross_entropy_plus_the_weighted_word_distribution_loss
     model = tiny_model(tiny_config(T5={"DROPOUT": 0.0, "WORD_BAG": 0.5}, **off)).train()
     batch = make_batch([random_clip(8, seed=1), random_clip(6, seed=2), random_clip(7, seed=3)])
     labels = model.codec.encode_targets(["a person walks forward walks", "jumps", "keep your hand at chin"])
-    _assert_loss_is_cross_entropy_plus_weighted(model, batch, labels, 0.5,
-                                                lambda hidden, mask: _word_bag_nll(model, hidden, mask, labels),
-                                                model.word_bag_loss, model.word_bag)
+    _assert_auxiliary_loss_trains_its_head_and_the_encoder(model, batch, labels, model.word_bag_loss, model.word_bag)
+    assert_training_loss_is_cross_entropy_plus(
+        model.train(), batch, labels, 0.5, lambda hidden, mask: _word_bag_nll(model, hidden, mask, labels), floor=1.0)
 
 
 def _contrastive_loss_by_hand(model, hidden, mask, captions) -> torch.Tensor:
@@ -462,10 +449,11 @@ def test_contrastive_loss_is_cross_entropy_plus_the_weighted_clip_loss():
     captions = ["a person walks forward walks", "jumps", "keep your hand at chin", "jumps"]
     batch = make_batch(clips)
     labels = model.codec.encode_targets(captions)
-    _assert_loss_is_cross_entropy_plus_weighted(model, batch, labels, 0.5,
-                                                lambda hidden, mask: _contrastive_loss_by_hand(model, hidden, mask,
-                                                                                               captions),
-                                                model.contrastive_loss, model.contrastive.motion_head)
+    _assert_auxiliary_loss_trains_its_head_and_the_encoder(model, batch, labels, model.contrastive_loss,
+                                                           model.contrastive.motion_head)
+    assert_training_loss_is_cross_entropy_plus(
+        model.train(), batch, labels, 0.5, lambda hidden, mask: _contrastive_loss_by_hand(model, hidden, mask, captions),
+        floor=0.5)
 
 
 def test_default_model_has_no_contrastive_heads():
