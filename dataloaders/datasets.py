@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
+from dataloaders.features import resample_in_time
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import SEGMENTS, segment_keys, validate_clips
 from common.errors import UserError
@@ -182,6 +183,27 @@ def collate(items: list[dict]) -> dict:
     if all(it.get("subtraction") is not None for it in items):
         batch["subtraction"] = _pad([it["subtraction"] for it in items])  # [B, Tmax, C]
     return batch
+
+
+def augment_speed(batch: dict, max_change: float) -> dict:
+    """The collated batch with each clip played at a speed drawn uniform in 1 ± max_change: resampled to
+    round(length / speed) frames (at least 1), with `frame_mask`, `lengths`, `segment_start` (the same instant
+    in the new time) and `subtraction` to match; the standard and its segment start stay as recorded. Draws
+    from torch's global CPU generator, which checkpoints hold, so resume stays exact. 0: the batch as it came."""
+    if not max_change:
+        return batch
+    lengths = batch["lengths"]
+    speed = 1 + (torch.rand(len(lengths), dtype=torch.float64) * 2 - 1) * max_change
+    new_lengths = (lengths.cpu() / speed).round().long().clamp(min=1).to(lengths.device)
+    coords = resample_in_time(batch["coordinates"], lengths, new_lengths)
+    out = dict(batch, coordinates=coords, lengths=new_lengths,
+               frame_mask=torch.arange(coords.shape[1], device=coords.device)[None, :] < new_lengths[:, None])
+    if "segment_start" in batch:
+        ratio = (new_lengths - 1) / (lengths - 1).clamp(min=1)
+        out["segment_start"] = torch.minimum((batch["segment_start"] * ratio).round().long(), new_lengths - 1)
+    if "subtraction" in batch:
+        out["subtraction"] = resample_in_time(batch["subtraction"], lengths, new_lengths)
+    return out
 
 
 def load_dataset(path, *, pretrain: bool, branch: int, segment: str = "NONE", standards=None,

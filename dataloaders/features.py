@@ -1,5 +1,5 @@
 """Encoder input features: joint positions and bone vectors, layout [..., 6, T, 22]; facing normalisation;
-training-time turn and scale augmentation."""
+training-time turn, scale and speed augmentation."""
 from __future__ import annotations
 
 import math
@@ -57,3 +57,19 @@ def augment_turn_and_scale(coords: torch.Tensor, max_turn_deg: float, max_scale:
     scale = 1 + (torch.rand(batch) * 2 - 1) * max_scale
     turned = turn_about_vertical(coords, angle.to(coords.device, coords.dtype))
     return turned * scale.to(coords.device, coords.dtype)[:, None, None]
+
+
+def resample_in_time(x: torch.Tensor, lengths: torch.Tensor, new_lengths: torch.Tensor) -> torch.Tensor:
+    """[B, T, C] padded clips of `lengths` [B] -> [B, max(new_lengths), C], each clip linearly resampled to
+    its new length: first frame to first frame, last to last, zero after the end. A clip resampled to its own
+    length comes back exactly (every source time is a whole frame)."""
+    steps = int(new_lengths.max())
+    t = torch.arange(steps, device=x.device, dtype=torch.float64)[None, :]  # [1, T']
+    ratio = ((lengths - 1).to(torch.float64) / (new_lengths - 1).clamp(min=1))[:, None]  # [B, 1]
+    src = (t * ratio).clamp(max=(lengths - 1).to(torch.float64)[:, None])  # [B, T'] source time of each frame
+    lo = src.floor().long()
+    hi = torch.minimum(lo + 1, (lengths - 1)[:, None])
+    w = (src - lo).to(x.dtype)[..., None]  # [B, T', 1]
+    gather = lambda i: x.gather(1, i[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+    out = gather(lo) * (1 - w) + gather(hi) * w
+    return out * (t < new_lengths[:, None]).to(x.dtype)[..., None]

@@ -81,9 +81,11 @@ class DataConfig:
     MAX_LABEL_TOKENS: int = key(128, Range(1, 4096))  # a longer label is cropped to this many tokens, with a warning naming the clip
     # Training-time augmentation, not in the original (0 = off): each training clip turned about the vertical
     # axis by an angle uniform in ±AUGMENT_TURN_DEG (the camera's heading varies within a person) and scaled by
-    # a factor uniform in 1 ± AUGMENT_SCALE. The standards are not turned.
+    # a factor uniform in 1 ± AUGMENT_SCALE, and played at a speed uniform in 1 ± AUGMENT_SPEED (resampled in
+    # time; the segment start moves with it). The standards are left as recorded.
     AUGMENT_TURN_DEG: float = key(0.0, Range(0.0, 180.0))
     AUGMENT_SCALE: float = key(0.0, Range(0.0, 0.5))
+    AUGMENT_SPEED: float = key(0.0, Range(0.0, 0.5))
     # -1: train on every label of a clip. i >= 0: train on each clip's i-th label (and its paraphrase) only —
     # in BX a label position is one annotator, and three annotators' different remarks on one clip make the
     # target a mixture that the motion explains little of. Not in the original.

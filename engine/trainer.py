@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from common.files import atomic_write_json
-from dataloaders.datasets import TrainDataset, collate, freeze_before_fork
+from dataloaders.datasets import TrainDataset, augment_speed, collate, freeze_before_fork
 from dataloaders.features import augment_turn_and_scale
 from dataloaders.samplers import BucketedDistributedSampler, ShardedEvalSampler
 from engine import checkpoint as ckpt
@@ -320,8 +320,8 @@ class Trainer:
         gradient all-reduce (an accumulation micro-step)."""
         module = self.ddp or self.model
         labels = self.exp.model.codec.encode_targets(batch["texts"]).to(self.dist.device)
-        batch = move_batch(batch, self.dist.device)
         data = self.cfg.DATA
+        batch = move_batch(augment_speed(batch, data.AUGMENT_SPEED), self.dist.device)
         batch["coordinates"] = augment_turn_and_scale(batch["coordinates"], data.AUGMENT_TURN_DEG, data.AUGMENT_SCALE)
         no_sync = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
         with no_sync:

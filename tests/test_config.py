@@ -66,6 +66,7 @@ def test_a_wrong_type_names_key_value_and_expected_type(tmp_path):
     ("DATA.AUGMENT_TURN_DEG=30 TRANSFORMATION.CANONICAL_FACING=true",
      r"DATA.AUGMENT_TURN_DEG=30.0, TRANSFORMATION.CANONICAL_FACING=true: facing every clip forward undoes"),
     ("DATA.AUGMENT_TURN_DEG=200", r"AUGMENT_TURN_DEG: got 200.0, expected a finite value in \[0.0, 180.0\]"),
+    ("DATA.AUGMENT_SPEED=0.6", r"AUGMENT_SPEED: got 0.6, expected a finite value in \[0.0, 0.5\]"),
 ])
 def test_bad_values_are_rejected(tmp_path, override, message):
     with pytest.raises(UserError, match=message):

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from common.text import FINETUNE_PROMPT, PRETRAIN_PROMPT
-from dataloaders.datasets import EvalDataset, TrainDataset, collate, load_dataset
+from dataloaders.datasets import EvalDataset, TrainDataset, augment_speed, collate, load_dataset
 from common.skeleton import SMPL_PARENTS
-from dataloaders.features import augment_turn_and_scale, face_forward, skeleton_features, turn_about_vertical
+from dataloaders.features import (augment_turn_and_scale, face_forward, resample_in_time, skeleton_features,
+                                  turn_about_vertical)
 from dataloaders.formats import load_clips, load_standards
 from dataloaders.validation import validate_clips
 from common.errors import UserError
@@ -304,6 +305,75 @@ def test_augmentation_draws_from_the_global_generator_that_checkpoints_hold():
     torch.manual_seed(1)
     assert torch.equal(augment_turn_and_scale(coords, 180.0, 0.2), first)
     assert not torch.equal(augment_turn_and_scale(coords, 180.0, 0.2), first)
+
+
+def test_resampling_in_time_maps_first_to_first_last_to_last_and_interpolates_between():
+    torch.manual_seed(0)
+    lengths = torch.tensor([9, 5, 1])
+    x = torch.randn(3, 9, 4, dtype=torch.float64)
+    x[1, 5:] = 0
+    x[2, 1:] = 0
+    assert torch.equal(resample_in_time(x, lengths, lengths), x)  # its own length: exactly the clip
+    new = torch.tensor([13, 3, 4])
+    out = resample_in_time(x, lengths, new)
+    assert out.shape == (3, 13, 4)
+    for b in range(3):  # batch vs single: each clip resampled alone gives the same frames
+        alone = resample_in_time(x[b: b + 1, : lengths[b]], lengths[b: b + 1], new[b: b + 1])
+        torch.testing.assert_close(out[b: b + 1, : new[b]], alone, rtol=0, atol=0)
+        assert torch.equal(out[b, new[b]:], torch.zeros(13 - new[b], 4))  # zero after the new end
+    # clip 0, 9 -> 13 frames: frame t sits at source time t * 8 / 12, written out
+    for t in range(13):
+        src = t * 8 / 12
+        lo, w = int(src), src - int(src)
+        expected = x[0, lo] * (1 - w) + x[0, min(lo + 1, 8)] * w
+        torch.testing.assert_close(out[0, t], expected)
+    torch.testing.assert_close(out[1], torch.cat([x[1, [0, 2, 4]], torch.zeros(10, 4, dtype=torch.float64)]))
+    assert torch.equal(out[2, :4], x[2, :1].expand(4, 4))  # a one-frame clip held
+
+
+def _batch_with_segments(lengths, starts):
+    """A collated-looking batch whose frame t of clip b holds the value t (every coordinate): after a
+    resample, a frame's value is the source time it was taken from."""
+    lengths = torch.tensor(lengths)
+    steps = int(lengths.max())
+    mask = torch.arange(steps)[None, :] < lengths[:, None]
+    coords = (torch.arange(steps, dtype=torch.float32)[None, :, None] * mask[..., None]).expand(-1, -1, 66).clone()
+    return {"video_names": [f"{b}_x_1" for b in range(len(lengths))], "coordinates": coords, "frame_mask": mask,
+            "lengths": lengths, "segment_start": torch.tensor(starts), "std_segment_start": torch.tensor([7] * len(lengths)),
+            "subtraction": coords[..., :5].clone()}
+
+
+def test_speed_augmentation_resamples_each_clip_and_moves_its_segment_start_to_the_same_instant():
+    batch = _batch_with_segments([60, 41, 30, 12], [20, 0, 29, 5])
+    torch.manual_seed(0)
+    out = augment_speed(batch, 0.3)
+    lengths, new = batch["lengths"], out["lengths"]
+    speed = lengths / new  # played faster: fewer frames
+    assert ((speed > 1 / 1.35) & (speed < 1.35)).all() and not torch.equal(new, lengths)
+    assert torch.equal(out["frame_mask"], torch.arange(out["coordinates"].shape[1])[None, :] < new[:, None])
+    for b in range(4):
+        clip = out["coordinates"][b, : new[b], 0]
+        assert clip[0] == 0 and clip[-1] == lengths[b] - 1  # first to first, last to last
+        assert torch.equal(out["coordinates"][b, new[b]:], torch.zeros(out["coordinates"].shape[1] - new[b], 66))
+        # the new segment start shows (within half a new frame) the instant the old one did
+        step = (lengths[b] - 1) / (new[b] - 1)
+        assert abs(float(clip[out["segment_start"][b]]) - float(batch["segment_start"][b])) <= step / 2 + 1e-4
+        assert 0 <= out["segment_start"][b] < new[b]
+        torch.testing.assert_close(out["subtraction"][b], out["coordinates"][b, :, :5])  # moved with the motion
+    assert torch.equal(out["std_segment_start"], batch["std_segment_start"])  # the standard stays as recorded
+    assert out["video_names"] == batch["video_names"]
+    assert augment_speed(batch, 0.0) is batch  # off: the batch as it came, no draw
+
+
+def test_speed_augmentation_draws_from_the_global_generator_that_checkpoints_hold():
+    batch = _batch_with_segments([50, 40, 30, 20, 44, 33], [1, 2, 3, 4, 5, 6])
+    torch.manual_seed(1)
+    first = augment_speed(batch, 0.5)
+    state = torch.get_rng_state()
+    torch.manual_seed(1)
+    assert torch.equal(augment_speed(batch, 0.5)["coordinates"], first["coordinates"])
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(augment_speed(batch, 0.5)["lengths"], first["lengths"])
 
 
 # ----------------------------------------------------------------------------- datasets and collate

@@ -22,8 +22,8 @@ from tests.cli_helpers import (TRAIN_SCRIPT, build_in_process, captured_log, che
 pytestmark = pytest.mark.timeout(300)
 
 TOL = 1e-6
-# The 1-process runs turn and scale their clips at random: a resume must draw the same turns too.
-AUGMENT = {"AUGMENT_TURN_DEG": 45.0, "AUGMENT_SCALE": 0.1}
+# The 1-process runs turn, scale and speed up or slow down their clips at random: a resume must draw the same.
+AUGMENT = {"AUGMENT_TURN_DEG": 45.0, "AUGMENT_SCALE": 0.1, "AUGMENT_SPEED": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -370,6 +370,27 @@ def test_accumulated_gradient_is_the_mean_over_its_micro_batches_even_for_a_shor
         worst = max((g - w).abs().max().item() for g, w in zip(got, want))
         scale = max(w.abs().max().item() for w in want)
         assert worst <= 1e-5 * max(scale, 1.0), worst
+
+
+def test_training_steps_see_each_batch_at_the_speeds_drawn_for_it(data, tmp_path, one_thread):
+    """DATA.AUGMENT_SPEED reaches the model: the forward of a training step gets the batch as augment_speed
+    makes it from the same generator state, not the batch as collated."""
+    from dataloaders.datasets import augment_speed
+    from engine.trainer import Trainer
+
+    exp = build_in_process(write_experiment(tmp_path / "exp", data, DATA={"AUGMENT_SPEED": 0.5}))
+    trainer = Trainer(exp, one_cpu_process())
+    seen = []
+    exp.model.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    batch = next(iter(trainer.loader))
+    torch.manual_seed(3)
+    trainer.train_step(batch)
+    trainer.tb.close()
+    torch.manual_seed(3)
+    want = augment_speed(batch, 0.5)
+    assert not torch.equal(want["lengths"], batch["lengths"])
+    assert torch.equal(seen[0]["lengths"], want["lengths"]) and torch.equal(seen[0]["frame_mask"], want["frame_mask"])
+    assert torch.equal(seen[0]["coordinates"], want["coordinates"])
 
 
 # ---- schedule and retention ---------------------------------------------------------------------
