@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # a subprocess benchmark run
 
@@ -60,3 +61,26 @@ def test_quick_heap_bench_reads_rss_after_every_step_per_allocator(tmp_path):
     assert ab["paired_cost_s"] == pytest.approx([t + c - n for n, c, t in zip(
         ab["step_after_no_trim_s"], ab["trim_call_s"], ab["step_after_trim_s"])])
     assert ab["trim_cost_fraction"] == pytest.approx(ab["median_paired_cost_s"] / ab["median_step_after_no_trim_s"])
+
+
+def test_graph_conv_layout_bench_compares_the_same_function_in_both_layouts(tmp_path):
+    from bench.graph_conv import channels_last_graph_conv, encoder_and_input, main
+    from bench.workload import QUICK
+    from models.stgcn import STGCBlock
+
+    enc, feats, mask = encoder_and_input(QUICK)
+    block = next(m for m in enc.modules() if isinstance(m, STGCBlock) and m.mask is not None)
+    with torch.no_grad():
+        block.mask.mul_(torch.rand_like(block.mask))  # a learned mask, not the all-ones start
+        block.graph_conv.bias.normal_()
+    x = torch.randn(2, block.graph_conv.in_channels, 5, 22)
+    A = torch.rand(block.num_kernels, 22, 22)
+    torch.testing.assert_close(channels_last_graph_conv(block, x, A), block.graph_convolution(x, A))
+    assert channels_last_graph_conv(block, x, A).is_contiguous()  # what the next layer reads
+
+    out = main(["--quick", "--out", str(tmp_path / "gc.json")])
+    assert len(out["blocks"]) == 15 and {r["block"] for r in out["blocks"]} >= {"attention_branch.4"}
+    for key in ("as_built_gflops", "channels_last_gflops", "matmul_peak_gflops"):
+        assert math.isfinite(out[key]) and out[key] > 0
+    assert out["whole"]["as_built_step_s"]["best"] > 0 and out["whole"]["step_speedup_median"] > 0
+    assert json.loads((tmp_path / "gc.json").read_text())["quick"] is True
