@@ -19,3 +19,13 @@ def restore_logging():
     """The entry points reconfigure the `motion2text` logger; put it back after an in-process call."""
     with kept_logger():
         yield
+
+
+@pytest.fixture(scope="session")
+def bench_runs(tmp_path_factory):
+    """Every benchmark smoke run, started at once on first use (tests/bench_runs.py)."""
+    from tests.bench_runs import BenchRuns
+
+    runs = BenchRuns(tmp_path_factory.mktemp("bench_runs"))
+    yield runs
+    runs.stop()

@@ -1,24 +1,18 @@
-"""Smoke test of bench/run.py: `--quick` runs every section and writes every key. No timings asserted."""
+"""Smoke tests of bench/: `--quick` runs (started together, tests/bench_runs.py) write every key. No timings
+asserted."""
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.slow  # a subprocess benchmark run
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def test_quick_bench_writes_every_key_as_a_positive_finite_number(tmp_path):
-    out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--device", "cpu",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_quick_bench_writes_every_key_as_a_positive_finite_number(bench_runs):
+    proc = bench_runs.result("bench")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results = json.loads(proc.out.read_text())
     from bench.run import REQUIRED_KEYS
 
     extra = ["generate_captions_per_s.bs32_beam3", "peak_rss_mib.bs4", "peak_rss_mib.bs16", "matmul_peak_gflops",
@@ -32,12 +26,10 @@ def test_quick_bench_writes_every_key_as_a_positive_finite_number(tmp_path):
     assert "train_samples_per_s.branch0" in proc.stdout  # the printed table
 
 
-def test_quick_lora_bench_reports_each_variant(tmp_path):
-    out = tmp_path / "lora.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.lora", "--quick", "--threads", "1", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_quick_lora_bench_reports_each_variant(bench_runs):
+    proc = bench_runs.result("lora")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(out.read_text())["results"]
+    results = json.loads(proc.out.read_text())["results"]
     assert list(results) == ["full", "lora_t5", "lora_t5_stagcn"]
     full, lora = results["full"], results["lora_t5"]
     assert full["trainable_params"] == full["total_params"]
@@ -45,12 +37,10 @@ def test_quick_lora_bench_reports_each_variant(tmp_path):
     assert all(r["step_s"] > 0 and r["peak_rss_mib"] > 0 for r in results.values())
 
 
-def test_quick_heap_bench_reads_rss_after_every_step_per_allocator(tmp_path):
-    out = tmp_path / "heap.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.heap", "--quick", "--threads", "1", "--variants", "trim",
-                           "trim_ab", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_quick_heap_bench_reads_rss_after_every_step_per_allocator(bench_runs):
+    proc = bench_runs.result("heap")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    doc = json.loads(proc.out.read_text())
     assert list(doc["results"]) == ["trim", "trim_ab"]
     r = doc["results"]["trim"]
     assert len(r["rss_mib"]) == doc["settings"]["steps"] and all(v > 0 for v in r["rss_mib"])

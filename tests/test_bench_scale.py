@@ -1,27 +1,20 @@
 """Smoke test of bench/scale.py: `--quick` runs both parts and writes every key. No timings asserted."""
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow  # a subprocess benchmark run
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_quick_scale_bench_writes_throughput_and_memory(tmp_path):
-    out = tmp_path / "scale.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--quick", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=420)
+def test_quick_scale_bench_writes_throughput_and_memory(bench_runs):
+    proc = bench_runs.result("scale")  # started with the other benchmark smoke runs (tests/bench_runs.py)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = json.loads(proc.out.read_text())
 
     tp = res["throughput"]
     assert _positive(tp["samples_per_s"]["bucketed"]) and _positive(tp["samples_per_s"]["unbucketed"])
