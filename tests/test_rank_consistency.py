@@ -16,7 +16,8 @@ import shutil
 import pytest
 import torch
 
-from tests.cli_helpers import explain, load_final, read_json, run_train, tiny_data, video_names, write_experiment
+from tests.cli_helpers import (explain, finish, load_final, read_json, run_train, start, tiny_data, train_cmd, video_names,
+                               write_experiment)
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # torchrun training runs
 
@@ -76,13 +77,14 @@ def test_the_same_two_rank_run_twice_ends_with_the_same_bits(data, tmp_path):
     """Same config, same seed, two folders: the final model and optimizer state are bit-for-bit equal, and so
     are the loss history and every prediction/metrics file."""
     score = shutil.which("java") is not None
-    folders = []
-    for name in ("a", "b"):
-        cfg = write_experiment(tmp_path / name, data, DATA={"BATCH_SIZE": 4}, OPTIMIZER={"MAX_EPOCH": 2},
-                               TRAIN={"SANITY_EVAL": False}, EVAL={"METRIC_PERIOD": 100, "SCORE": score})
-        res = run_train(cfg, nproc=2)
+    cfgs = [write_experiment(tmp_path / name, data, DATA={"BATCH_SIZE": 4}, OPTIMIZER={"MAX_EPOCH": 2},
+                             TRAIN={"SANITY_EVAL": False}, EVAL={"METRIC_PERIOD": 100, "SCORE": score})
+            for name in ("a", "b")]
+    procs = [start(train_cmd(cfg, nproc=2)) for cfg in cfgs]  # side by side: the bits may not depend on the load
+    for proc in procs:
+        res = finish(proc, timeout=280)
         assert res.returncode == 0, explain(res)
-        folders.append(cfg.parent)
+    folders = [cfg.parent for cfg in cfgs]
     a, b = (load_final(f / "pretrain_checkpoints") for f in folders)
     assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (2, 6)
     assert a["model"].keys() == b["model"].keys()
