@@ -9,7 +9,8 @@ peak of the same run:
 For every fixed-graph block of the encoder (its real input, captured by a forward hook) it times forward +
 backward of the graph convolution alone and reports GFLOP/s and the fraction of the matmul peak; the totals
 are what the encoder spends in graph convolutions per step. Then whole STA-GCN forward+backward steps with
-either layout in every fixed-graph block, interleaved. A layout that was tried and not adopted (README,
+either layout in every fixed-graph block, interleaved; and, from torch.profiler, the share of a training step
+and of an eval forward spent in convolutions (graph and temporal, forward and backward). A layout that was tried and not adopted (README,
 "Measured numbers"): this script is how to see it on another machine.
 
     python -m bench.graph_conv [--threads 1] [--quick] [--out bench/graph_conv.json]
@@ -118,6 +119,34 @@ def whole_encoder(sizes: Sizes, iters: int) -> dict:
     return out
 
 
+def convolution_shares(sizes: Sizes) -> dict:
+    """Share of self CPU time in convolution ops (torch.profiler) of one train-mode forward+backward and of one
+    eval forward of the encoder as built, and the op with the most self time in each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    enc, feats, mask = encoder_and_input(sizes)
+
+    def train_step():
+        enc.train().zero_grad(set_to_none=True)
+        enc(feats, mask)[0].sum().backward()
+
+    def eval_forward():
+        with torch.no_grad():
+            enc.eval()(feats, mask)
+
+    out = {}
+    for name, fn in (("train_step", train_step), ("eval_forward", eval_forward)):
+        fn()  # warm-up: oneDNN builds its kernels per shape
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        top = max(events, key=lambda e: e.self_cpu_time_total)
+        out[name] = {"convolution_share": sum(e.self_cpu_time_total for e in events if "conv" in e.key) / total,
+                     "top_op": top.key, "top_op_share": top.self_cpu_time_total / total, "self_cpu_s": total / 1e6}
+    return out
+
+
 def run(sizes: Sizes, iters: int) -> dict:
     import time
 
@@ -170,6 +199,9 @@ def format_table(out: dict) -> str:
                  f"({out['as_built_of_peak']:.2f} of peak) | {out['channels_last_gflops']:.1f} "
                  f"({out['channels_last_of_peak']:.2f} of peak) |")
     lines.append(f"fp32 matmul peak of this run: {out['matmul_peak_gflops']:.1f} GFLOP/s")
+    for name, p in out["profile"].items():
+        lines.append(f"{name.replace('_', ' ')} (torch.profiler, as built): {100 * p['convolution_share']:.0f} % of self "
+                     f"CPU time in convolutions; largest op {p['top_op']} {100 * p['top_op_share']:.0f} %")
     a, c = out["whole"]["as_built_step_s"], out["whole"]["channels_last_step_s"]
     lines.append(f"whole STA-GCN forward+backward step (s, best / median of {len(a['all'])}): as built "
                  f"{a['best']:.3f} / {a['median']:.3f}, channels last {c['best']:.3f} / {c['median']:.3f} "
@@ -189,7 +221,7 @@ def main(argv=None) -> dict:
     sizes = QUICK if args.quick else Sizes()
     iters = 1 if args.quick else args.iters
     out = {"machine": machine_info(torch.device("cpu")), "quick": args.quick, **run(sizes, iters),
-           "whole": whole_encoder(sizes, iters)}
+           "whole": whole_encoder(sizes, iters), "profile": convolution_shares(sizes)}
     print(format_table(out))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))

@@ -73,4 +73,6 @@ def test_graph_conv_layout_bench_compares_the_same_function_in_both_layouts(tmp_
     for key in ("as_built_gflops", "channels_last_gflops", "matmul_peak_gflops"):
         assert math.isfinite(out[key]) and out[key] > 0
     assert out["whole"]["as_built_step_s"]["best"] > 0 and out["whole"]["step_speedup_median"] > 0
+    for phase in ("train_step", "eval_forward"):
+        assert 0 < out["profile"][phase]["convolution_share"] <= 1 and out["profile"][phase]["top_op"].startswith("aten::")
     assert json.loads((tmp_path / "gc.json").read_text())["quick"] is True
