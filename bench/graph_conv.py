@@ -10,8 +10,8 @@ For every fixed-graph block of the encoder (its real input, captured by a forwar
 backward of the graph convolution alone and reports GFLOP/s and the fraction of the matmul peak; the totals
 are what the encoder spends in graph convolutions per step. Then whole STA-GCN forward+backward steps with
 either layout in every fixed-graph block, interleaved; and, from torch.profiler, the share of a training step
-and of an eval forward spent in convolutions (graph and temporal, forward and backward). A layout that was tried and not adopted (README,
-"Measured numbers"): this script is how to see it on another machine.
+and of an eval forward spent in convolutions (graph and temporal, forward and backward). A layout that was
+tried and not adopted (README, "Measured numbers"): this script is how to see it on another machine.
 
     python -m bench.graph_conv [--threads 1] [--quick] [--out bench/graph_conv.json]
 """
@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench.harness import machine_info  # noqa: E402
 from bench.speed import matmul_peak  # noqa: E402
-from bench.workload import QUICK, Sizes, random_clip  # noqa: E402
+from bench.workload import QUICK, Sizes, stagcn_and_input  # noqa: E402
 from models.lora import effective_weight  # noqa: E402
 from models.stgcn import STGCBlock  # noqa: E402
 
@@ -55,19 +55,19 @@ def encoder_and_input(sizes: Sizes, layout: str = "as_built"):
     """A train-mode STA-GCN (seed 0) with `layout` in every fixed-graph block, and one batch of its input."""
     import types
 
-    from dataloaders.features import skeleton_features
-    from models.stagcn import STAGCN
-
-    torch.manual_seed(0)
-    enc = STAGCN(sizes.hidden, sizes.out).train()
+    enc, feats, mask = stagcn_and_input(sizes)
     if layout == "channels_last":
         for module in enc.modules():
             if isinstance(module, STGCBlock) and module.mask is not None:
                 # an instance attribute shadows the method for this benchmark's own encoder only
                 module.graph_convolution = types.MethodType(channels_last_graph_conv, module)
-    gen = torch.Generator().manual_seed(7)
-    feats = skeleton_features(torch.stack([random_clip(sizes.stagcn_frames, gen) for _ in range(sizes.batch)]))
-    return enc, feats, torch.ones(sizes.batch, sizes.stagcn_frames, dtype=torch.bool)
+    return enc, feats, mask
+
+
+def encoder_train_step(enc, feats: torch.Tensor, mask: torch.Tensor) -> None:
+    """One train-mode forward+backward of the encoder (the sum of its embedding as the loss)."""
+    enc.train().zero_grad(set_to_none=True)
+    enc(feats, mask)[0].sum().backward()
 
 
 def block_inputs(sizes: Sizes) -> list[tuple[str, STGCBlock, torch.Tensor, torch.Tensor]]:
@@ -102,17 +102,13 @@ def whole_encoder(sizes: Sizes, iters: int) -> dict:
         outs = [enc.eval()(feats, mask)[0] for enc, feats, mask in encoders.values()]
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
 
-    def step(enc, feats, mask):
-        enc.train().zero_grad(set_to_none=True)
-        enc(feats, mask)[0].sum().backward()
-
     times = {k: [] for k in encoders}
     for args in encoders.values():
-        step(*args)  # warm-up
+        encoder_train_step(*args)  # warm-up
     for _ in range(iters):
         for k, args in encoders.items():
             t = time.perf_counter()
-            step(*args)
+            encoder_train_step(*args)
             times[k].append(time.perf_counter() - t)
     out = {f"{k}_step_s": {"best": min(v), "median": statistics.median(v), "all": v} for k, v in times.items()}
     out["step_speedup_median"] = out["as_built_step_s"]["median"] / out["channels_last_step_s"]["median"]
@@ -126,16 +122,12 @@ def convolution_shares(sizes: Sizes) -> dict:
 
     enc, feats, mask = encoder_and_input(sizes)
 
-    def train_step():
-        enc.train().zero_grad(set_to_none=True)
-        enc(feats, mask)[0].sum().backward()
-
     def eval_forward():
         with torch.no_grad():
             enc.eval()(feats, mask)
 
     out = {}
-    for name, fn in (("train_step", train_step), ("eval_forward", eval_forward)):
+    for name, fn in (("train_step", lambda: encoder_train_step(enc, feats, mask)), ("eval_forward", eval_forward)):
         fn()  # warm-up: oneDNN builds its kernels per shape
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             fn()

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from bench.harness import fp32_only, summary, sync, time_calls
-from bench.workload import (Sizes, TrainStep, build_model, make_batch, move, prepared_batches, random_clip,
-                            random_lengths)
+from bench.workload import (Sizes, TrainStep, build_model, make_batch, move, prepared_batches, random_lengths,
+                            stagcn_and_input)
 from models.config import Generation
 
 
@@ -77,15 +77,8 @@ def bench_stagcn(sizes: Sizes, device: torch.device) -> dict:
     """Achieved GFLOP/s of one STA-GCN forward+backward (train mode) next to the fp32 matmul peak."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dataloaders.features import skeleton_features
-    from models.stagcn import STAGCN
-
-    torch.manual_seed(0)
-    enc = STAGCN(sizes.hidden, sizes.out).to(device).train()
-    gen = torch.Generator().manual_seed(7)
+    enc, feats, mask = stagcn_and_input(sizes, device)
     B, T = sizes.batch, sizes.stagcn_frames
-    feats = skeleton_features(torch.stack([random_clip(T, gen) for _ in range(B)])).to(device)
-    mask = torch.ones(B, T, dtype=torch.bool, device=device)
 
     def fwd_bwd(_=0):
         enc.zero_grad(set_to_none=True)

@@ -103,6 +103,21 @@ def random_clip(frames: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(frames, 66, generator=gen).mul_(0.02).cumsum(0).add_(1.0)
 
 
+def stagcn_and_input(sizes: Sizes, device: Optional[torch.device] = None):
+    """The STA-GCN alone (seed 0, train mode) and one batch of its input: skeleton features [B, 6, T, 22] of
+    random clips and an all-true frame mask [B, T], on `device` (default: the CPU)."""
+    from dataloaders.features import skeleton_features
+    from models.stagcn import STAGCN
+
+    device = device or torch.device("cpu")
+    torch.manual_seed(0)
+    enc = STAGCN(sizes.hidden, sizes.out).to(device).train()
+    gen = torch.Generator().manual_seed(7)
+    B, T = sizes.batch, sizes.stagcn_frames
+    feats = skeleton_features(torch.stack([random_clip(T, gen) for _ in range(B)])).to(device)
+    return enc, feats, torch.ones(B, T, dtype=torch.bool, device=device)
+
+
 def standards_for(sizes: Sizes) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(1234)
     return {name: random_clip(t, gen) for name, t in zip(STANDARD_TYPES, sizes.standard_frames)}
