@@ -78,7 +78,8 @@ def best_constant_captions(train_clips: list[dict]) -> dict[Optional[str], str]:
     return best
 
 
-def _constant_predictions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, str]:
+def constant_predictions(train_clips: list[dict], test_clips: list[dict]) -> dict[str, str]:
+    """{video_name: the constant caption of its technique}; a technique without training clips gets another's."""
     constant = best_constant_captions(train_clips)
     fallback = constant.get(None) or next(iter(constant.values()))
     return {c["video_name"]: constant.get(_group(c), fallback) for c in test_clips}
@@ -88,7 +89,7 @@ def baseline_predictions(train_clips: list[dict], test_clips: list[dict]) -> dic
     """{row name: {video_name: caption}}: the constant caption, then the nearest neighbour's label at each
     label position, in camera coordinates and facing forward. A test clip whose technique has no training
     clip gets the constant caption."""
-    constant = _constant_predictions(train_clips, test_clips)
+    constant = constant_predictions(train_clips, test_clips)
     return {CONSTANT: constant, **nearest_predictions(train_clips, test_clips, constant)}
 
 
@@ -99,7 +100,7 @@ def nearest_predictions(train_clips: list[dict], test_clips: list[dict],
     rows = {nearest_name(pos, facing): label_of_nearest(train_clips, test_clips, pos, canonical_facing=facing)
             for facing in (False, True) for pos in label_positions(train_clips)}
     if constant is None and any(not label for row in rows.values() for label in row.values()):
-        constant = _constant_predictions(train_clips, test_clips)
+        constant = constant_predictions(train_clips, test_clips)
     return {name: {c["video_name"]: row[c["video_name"]] or constant[c["video_name"]] for c in test_clips}
             for name, row in rows.items()}
 
@@ -123,7 +124,7 @@ def motion_free_draws(train_clips: list[dict], test_clips: list[dict],
             fallbacks += 1
             pool = by_technique.get(_group(c), [])
         pools.append(pool)
-    constant = _constant_predictions(train_clips, test_clips) if not all(pools) else {}
+    constant = constant_predictions(train_clips, test_clips) if not all(pools) else {}
     rows: dict[str, list[dict[str, str]]] = {same_person_name(pos): [] for pos in label_positions(train_clips)}
     for seed in seeds:
         rng = np.random.default_rng(seed)

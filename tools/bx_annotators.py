@@ -33,13 +33,13 @@ KEYS = ("BLEU-4", "CIDEr")
 
 def fold_scores(scorer, train: list[dict], val: list[dict], seed: int) -> dict[str, dict[str, float]]:
     """{row: {key: mean over label positions}} for one fold."""
-    from metrics.baselines import _constant_predictions, label_positions
+    from metrics.baselines import constant_predictions, label_positions
     from metrics.motion_control import GROUPINGS, derangement_within
 
     names = [c["video_name"] for c in val]
     labels = [list(c["labels"]) for c in val]
     donors = {row: derangement_within([group(c) for c in val], seed).tolist() for row, group in GROUPINGS.items()}
-    constant = _constant_predictions(train, val)
+    constant = constant_predictions(train, val)
     per_position = {row: [] for row in ROWS}
     for j in label_positions(val):
         refs = {n: [lab for i, lab in enumerate(labs) if i != j] for n, labs in zip(names, labels)}
