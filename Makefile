@@ -7,7 +7,7 @@ RUN := OMP_NUM_THREADS=1 $(TORCHRUN) --standalone --nproc_per_node 2 train_t5_st
 # Config overrides for both demo stages, e.g. make demo DEMO_SET="OPTIMIZER.MAX_EPOCH=1"
 DEMO_SET ?=
 
-.PHONY: test test-fast lint demo clean-demo bench bx bx-experiments bx-cv bx-cv-blind
+.PHONY: test test-fast lint demo clean-demo bench bx bx-experiments bx-cv bx-cv-seen bx-cv-blind
 
 .venv/.installed: requirements.txt
 	test -x .venv/bin/python || python3 -m venv .venv
@@ -84,6 +84,17 @@ bx-cv: .venv/.installed
 	$(PY) tools/bx_cv.py $(BX_CFG) --folds $(BX_FOLDS) --jobs $(BX_JOBS) \
 		$(if $(BX_EPOCHS),--epochs $(BX_EPOCHS)) \
 		$(if $(BX_TAG),--tag $(BX_TAG)) $(if $(BX_SET),--set $(BX_SET))
+
+# The same with persons seen in training (the question of a test file whose persons are all in BX_train):
+# each person's clips of a technique dealt over BX_FOLDS folds (data/splits/bx_seen_cv*), retrieval never
+# finds the clip itself, into results/bx_cv/<config>_seen[_BX_TAG]. Its strongest baseline is the motion-free
+# random clip of the same person and technique.
+bx-cv-seen: .venv/.installed
+	$(PY) -m dataloaders.splits --data $(BX)/BX_train.pkl --out data/splits --name bx_seen --folds $(BX_FOLDS) \
+		--fold-by clip
+	$(PY) tools/bx_cv.py $(BX_CFG) --folds $(BX_FOLDS) --jobs $(BX_JOBS) --name bx_seen --exclude CLIP \
+		$(if $(BX_EPOCHS),--epochs $(BX_EPOCHS)) \
+		--tag seen$(if $(BX_TAG),_$(BX_TAG)) $(if $(BX_SET),--set $(BX_SET))
 
 # The same cross-validation with the motion taken out (tools/blind_data.py: every clip a still pose of its
 # technique's standard): what BX_CFG scores from the language prior and the technique alone, into

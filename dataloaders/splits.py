@@ -9,7 +9,10 @@ person share habits and often identical labels, so the random split is the easie
     python -m dataloaders.splits --data ../shared/data/bx/BX_train.pkl --out data/splits --name bx --folds 5
 
 writes instead K person-disjoint cross-validation folds `<name>_cv{k}_{train,val}.pkl` (k = 0 … K-1): every
-clip is a validation clip in exactly one fold, and every person's clips are in the same fold.
+clip is a validation clip in exactly one fold, and every person's clips are in the same fold. With
+`--fold-by clip` (e.g. `--name bx_seen`) the folds hold *seen* persons instead: each person's clips of a
+technique are dealt over the folds, so a validation clip's person and technique are in its training file
+whenever that person has two or more clips of it.
 """
 from __future__ import annotations
 
@@ -83,8 +86,32 @@ def person_folds(clips: list[dict], k: int, seed: int) -> list[tuple[list[dict],
              [c for c in clips if fold_of[person_of(c["video_name"])] == f]) for f in range(k)]
 
 
-def write_folds(clips: list[dict], out: Path, name: str, k: int, seed: int) -> None:
-    for f, (train, val) in enumerate(person_folds(clips, k, seed)):
+def seen_person_folds(clips: list[dict], k: int, seed: int) -> list[tuple[list[dict], list[dict]]]:
+    """K (train, val) pairs whose validation clips cover every clip once, with every person seen in training.
+
+    The clips of each (person, technique), in file order then a seeded permutation, are dealt to the folds in
+    turn, one dealer for all groups (so the folds' sizes differ by at most one): a group of n >= K clips puts at
+    least one clip in every fold's training file, a group of n < K clips leaves n - 1 of them in training."""
+    if k < 2 or len(clips) < k:
+        raise UserError(f"--folds {k}: expected 2 <= folds <= the number of clips ({len(clips)})")
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(clips):
+        groups.setdefault((person_of(c["video_name"]), str(c.get("motion_type"))), []).append(i)
+    rng = np.random.default_rng(seed)
+    fold_of, dealer = {}, 0
+    for key in sorted(groups):
+        for i in rng.permutation(groups[key]).tolist():
+            fold_of[i] = dealer % k
+            dealer += 1
+    return [([c for i, c in enumerate(clips) if fold_of[i] != f], [c for i, c in enumerate(clips) if fold_of[i] == f])
+            for f in range(k)]
+
+
+FOLDINGS = {"person": person_folds, "clip": seen_person_folds}
+
+
+def write_folds(clips: list[dict], out: Path, name: str, k: int, seed: int, by: str = "person") -> None:
+    for f, (train, val) in enumerate(FOLDINGS[by](clips, k, seed)):
         for part, subset in (("train", train), ("val", val)):
             dump_clips(subset, out / f"{name}_cv{f}_{part}.pkl")
         persons = sorted({person_of(c["video_name"]) for c in val}, key=lambda p: (len(p), p))
@@ -102,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", type=int, default=0,
                     help="K > 0: write K person-disjoint cross-validation folds instead of the two splits")
+    ap.add_argument("--fold-by", choices=sorted(FOLDINGS), default="person",
+                    help="person: validation persons are new (default); clip: every person is also in training")
     args = ap.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction}: expected a value in (0, 1)")
@@ -109,7 +138,7 @@ def main(argv=None) -> int:
         raise UserError(f"--folds {args.folds}: expected 0 (the two splits) or at least 2")
     clips = load_clips(args.data)
     if args.folds:
-        write_folds(clips, Path(args.out), args.name, args.folds, args.seed)
+        write_folds(clips, Path(args.out), args.name, args.folds, args.seed, args.fold_by)
         return 0
     for kind, split in (("random", random_split), ("person", person_split)):
         train, val = split(clips, args.val_fraction, args.seed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dataloaders.retrieval import label_of_nearest
-from dataloaders.splits import person_folds, person_id, person_of, person_split, random_split
+from dataloaders.splits import person_folds, person_id, person_of, person_split, random_split, seen_person_folds
 from common.errors import UserError
 from metrics.baselines import best_constant_captions
 
@@ -198,6 +198,31 @@ def test_person_folds_are_person_disjoint_cover_every_clip_once_and_are_determin
                                                                                          for _, v in folds]
     with pytest.raises(UserError, match="--folds 11"):
         person_folds(clips, 11, seed=0)
+
+
+def test_seen_person_folds_cover_every_clip_once_and_keep_each_person_and_technique_in_training():
+    clips = [clip(f"{p}_view_{i}", motion_type=("Jab", "Cross")[i % 2], seed=10 * p + i)
+             for p in range(4) for i in range(3 + 3 * p)]  # (person, technique) groups of 1 … 5 clips
+    folds = seen_person_folds(clips, 3, seed=0)
+    val_names = [c["video_name"] for _, val in folds for c in val]
+    assert sorted(val_names) == sorted(c["video_name"] for c in clips)  # each clip validates exactly once
+    sizes = [len(val) for _, val in folds]
+    assert max(sizes) - min(sizes) <= 1
+    group = lambda c: (person_of(c["video_name"]), c["motion_type"])  # noqa: E731
+    total = {g: sum(group(c) == g for c in clips) for g in map(group, clips)}
+    for train, val in folds:
+        assert len(train) + len(val) == len(clips)
+        for g in map(group, val):
+            # a group of n clips is dealt to n different folds: at most one of them validates in a fold while
+            # n < K, and some stay in training whenever there are two or more
+            in_train = sum(group(c) == g for c in train)
+            assert in_train >= min(total[g] - 1, total[g] - -(-total[g] // 3))
+            assert total[g] < 2 or in_train >= 1
+    assert seen_person_folds(clips, 3, seed=0) == folds
+    assert [[c["video_name"] for c in v] for _, v in seen_person_folds(clips, 3, seed=1)] != [
+        [c["video_name"] for c in v] for _, v in folds]
+    with pytest.raises(UserError, match="--folds 1"):
+        seen_person_folds(clips, 1, seed=0)
 
 
 def test_person_id_is_the_leading_number_only():

@@ -138,9 +138,21 @@ def test_runner_refuses_overrides_of_the_keys_it_sets(folds):
     assert res.returncode == EXIT_USER_ERROR and "set by the runner" in res.stderr
     res = run_cv(folds, "--decode", "DATA.BATCH_SIZE=2")
     assert res.returncode == EXIT_USER_ERROR and "only GENERATION.* keys" in res.stderr
+    res = run_cv(folds, "--set", "RETRIEVAL.EXCLUDE=CLIP")
+    assert res.returncode == EXIT_USER_ERROR and "--exclude" in res.stderr
     res = subprocess.run([sys.executable, str(RUNNER), str(folds / "exp"), "--splits", str(folds / "nowhere")],
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == EXIT_USER_ERROR and "syn" not in res.stderr and "fold file not found" in res.stderr
+
+
+def test_fold_overrides_exclude_the_person_by_default_and_the_clip_for_seen_person_folds():
+    from tools.bx_cv import fold_overrides
+
+    args = (Path("out"), 3, Path("t.pkl"), Path("v.pkl"), 8, 42, ["X.Y=1"])
+    assert fold_overrides(*args) == ["LOGDIR=out/cv3", "DATA.TRAIN=t.pkl", "DATA.TEST=v.pkl", "OPTIMIZER.MAX_EPOCH=8",
+                                     "EVAL.METRIC_PERIOD=8", "EVAL.EARLY_STOP_PATIENCE=0", "TRAIN.SANITY_EVAL=false",
+                                     "RETRIEVAL.EXCLUDE=PERSON", "SEED=42", "X.Y=1"]
+    assert "RETRIEVAL.EXCLUDE=CLIP" in fold_overrides(*args, "CLIP")
 
 
 def test_the_bx_grid_is_every_experiment_split_and_seed_with_person_exclusion_on_the_person_split():

@@ -2,11 +2,12 @@
 
     .venv/bin/python tools/bx_cv.py results/bx_no_retrieval [--epochs E] [--jobs 2] [--folds 5] [--seed 42]
                                     [--splits data/splits] [--name bx] [--tag T] [--out DIR] [--set KEY=VALUE ...]
-                                    [--decode GENERATION.KEY=VALUE ...]
+                                    [--decode GENERATION.KEY=VALUE ...] [--exclude PERSON|CLIP]
 
 The folds are `<splits>/<name>_cv{k}_{train,val}.pkl` (`python -m dataloaders.splits … --folds K`; `make bx-cv`
 makes them). Fold k trains into `<out>/cv{k}` for exactly E epochs (default: the config's OPTIMIZER.MAX_EPOCH; no
-early stopping, one evaluation at the last epoch, training clips never retrieve their own person), `--jobs`
+early stopping, one evaluation at the last epoch, training clips never retrieve their own person — `--exclude
+CLIP`: never themselves, for the seen-person folds of `--fold-by clip`), `--jobs`
 single-thread trainings at a time, each logging to `<out>/cv{k}.log`. A fold that has its last-epoch metrics
 is not trained again; an interrupted one resumes. Then, per fold: the last-epoch metrics, the baselines of
 `metrics/baselines.py` and the motion control of the last checkpoint (`metrics/motion_control.py`), cached
@@ -37,7 +38,7 @@ from common.errors import UserError, exits_on_user_error  # noqa: E402
 
 # Keys each fold's command sets; a --set of one of them would silently break the protocol.
 RUNNER_KEYS = ("LOGDIR", "DATA.TRAIN", "DATA.TEST", "OPTIMIZER.MAX_EPOCH", "EVAL.METRIC_PERIOD",
-               "EVAL.EARLY_STOP_PATIENCE")
+               "EVAL.EARLY_STOP_PATIENCE", "RETRIEVAL.EXCLUDE")
 MODEL = "model, last epoch"
 SWAPS = {"swap_technique": "model, motion swapped within technique",
          "swap_person_technique": "model, motion swapped within person+technique"}
@@ -57,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tag", help="appended to the default output folder name")
     p.add_argument("--out", help="output folder (default: results/bx_cv/<config name>[_<tag>])")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config overrides for every fold")
+    p.add_argument("--exclude", choices=("PERSON", "CLIP"), default="PERSON",
+                   help="RETRIEVAL.EXCLUDE of every fold: PERSON for new-person folds, CLIP for seen-person folds")
     p.add_argument("--decode", nargs="*", default=[], metavar="GENERATION.KEY=VALUE",
                    help="score the trained folds decoded with these settings (the training is unchanged)")
     return p.parse_args(argv)
@@ -84,9 +87,10 @@ def fixed_epoch_overrides(epochs: int) -> list[str]:
             "TRAIN.SANITY_EVAL=false"]
 
 
-def fold_overrides(out: Path, k: int, train: Path, val: Path, epochs: int, seed: int, extra: list[str]) -> list[str]:
+def fold_overrides(out: Path, k: int, train: Path, val: Path, epochs: int, seed: int, extra: list[str],
+                   exclude: str = "PERSON") -> list[str]:
     return [f"LOGDIR={out / f'cv{k}'}", f"DATA.TRAIN={train}", f"DATA.TEST={val}", *fixed_epoch_overrides(epochs),
-            "RETRIEVAL.EXCLUDE=PERSON", f"SEED={seed}", *extra]
+            f"RETRIEVAL.EXCLUDE={exclude}", f"SEED={seed}", *extra]
 
 
 def finished(run: Path, epochs: int) -> bool:
@@ -103,14 +107,14 @@ def train_fold(cfg_file: Path, overrides: list[str], log: Path) -> int:
 
 
 def train_folds(cfg_file: Path, out: Path, folds: list[tuple[Path, Path]], epochs: int, seed: int,
-                extra: list[str], jobs: int) -> None:
+                extra: list[str], jobs: int, exclude: str = "PERSON") -> None:
     todo = [k for k in range(len(folds)) if not finished(out / f"cv{k}", epochs)]
     for k in range(len(folds)):
         print(f"cv{k}: {'training, log ' + str(out / f'cv{k}.log') if k in todo else 'finished, not trained again'}",
               flush=True)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         codes = dict(zip(todo, pool.map(lambda k: train_fold(
-            cfg_file, fold_overrides(out, k, *folds[k], epochs, seed, extra), out / f"cv{k}.log"), todo)))
+            cfg_file, fold_overrides(out, k, *folds[k], epochs, seed, extra, exclude), out / f"cv{k}.log"), todo)))
     failed = [k for k, code in codes.items() if code != 0 or not finished(out / f"cv{k}", epochs)]
     if failed:
         raise UserError("training failed for fold(s) " + ", ".join(f"cv{k} (see {out / f'cv{k}.log'})" for k in failed))
@@ -278,7 +282,7 @@ def main(argv=None) -> int:
         raise UserError(f"--jobs {a.jobs} / --folds {a.folds}: expected jobs >= 1 and folds >= 2")
     clash = [s for s in a.set if s.split("=", 1)[0] in RUNNER_KEYS]
     if clash:
-        raise UserError(f"--set {' '.join(clash)}: set by the runner for each fold (use --out, --epochs)")
+        raise UserError(f"--set {' '.join(clash)}: set by the runner for each fold (use --out, --epochs, --exclude)")
     not_decoding = [s for s in a.decode if not s.startswith("GENERATION.")]
     if not_decoding:
         raise UserError(f"--decode {' '.join(not_decoding)}: only GENERATION.* keys change how trained folds are "
@@ -291,13 +295,14 @@ def main(argv=None) -> int:
     out = Path(a.out).resolve() if a.out else REPO / "results" / "bx_cv" / name
     folds = [tuple(p.resolve() for p in fold_files(Path(a.splits), a.name, k)) for k in range(a.folds)]
     out.mkdir(parents=True, exist_ok=True)
-    train_folds(cfg_file.resolve(), out, folds, epochs, a.seed, a.set, a.jobs)
+    train_folds(cfg_file.resolve(), out, folds, epochs, a.seed, a.set, a.jobs, a.exclude)
     results = []
     for k in range(a.folds):
         print(f"cv{k}: evaluating (baselines, motion control)", flush=True)
         results.append(evaluate_fold(out / f"cv{k}", epochs, tuple(a.decode)))
     table, summary = cv_table(results)
-    title = (f"{name}: {a.folds} person folds, {epochs} epochs, seed {a.seed}"
+    kind = "person" if a.exclude == "PERSON" else "seen-person"
+    title = (f"{name}: {a.folds} {kind} folds ({a.splits}/{a.name}_cv*), {epochs} epochs, seed {a.seed}"
              + (f", --set {' '.join(a.set)}" if a.set else "")
              + (f", scored decoding with {' '.join(a.decode)}" if a.decode else ""))
     md, js = (out / f"cv_summary{decode_slug(a.decode)}.{ext}" for ext in ("md", "json"))
