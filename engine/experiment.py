@@ -129,8 +129,8 @@ def build_experiment(cfg: Config, dist: DistInfo) -> Experiment:
                  100 * share["trainable"] / share["total"], cfg.T5.FREEZE,
                  f", LoRA rank {cfg.T5.LORA.RANK}" if model.config.lora else "")
     segment = cfg.ALIGNMENT.REFERENCE_SEGMENT
-    train_retrieved, test_retrieved = retrieved_texts(cfg, train_clips, test_clips)
     label_index = target_label_index(cfg, train_clips)
+    train_retrieved, test_retrieved = retrieved_texts(cfg, train_clips, test_clips, label_index)
     train_set = TrainDataset(train_clips, use_augmented_labels=cfg.DATA.USE_AUGMENTED_LABELS, segment=segment,
                              retrieved=train_retrieved, label_index=label_index, tokenizer=tokenizer,
                              max_label_tokens=cfg.DATA.MAX_LABEL_TOKENS)
@@ -157,13 +157,14 @@ def target_label_index(cfg: Config, train_clips: list[dict]) -> Optional[int]:
     return slot
 
 
-def retrieved_texts(cfg: Config, train_clips: list[dict], test_clips: list[dict]):
+def retrieved_texts(cfg: Config, train_clips: list[dict], test_clips: list[dict], label_index: Optional[int]):
     """RETRIEVAL.NEIGHBOURS > 0: the retrieval prompt of each training clip (never itself; with EXCLUDE PERSON
-    never its person) and of each test clip; (None, None) when off."""
-    k, exclude, slot = cfg.RETRIEVAL.NEIGHBOURS, cfg.RETRIEVAL.EXCLUDE, cfg.RETRIEVAL.LABEL_INDEX
+    never its person) and of each test clip; (None, None) when off. `label_index` is `target_label_index`'s
+    (checked against the training clips); the prompt shows that label only with RETRIEVAL.LABEL_INDEX set."""
+    k, exclude = cfg.RETRIEVAL.NEIGHBOURS, cfg.RETRIEVAL.EXCLUDE
     if not k:
         return None, None
-    slot = target_label_index(cfg, train_clips) if slot >= 0 else None
+    slot = label_index if cfg.RETRIEVAL.LABEL_INDEX >= 0 else None
     return (retrieval_prompts(train_clips, train_clips, k, exclude, slot),
             retrieval_prompts(train_clips, test_clips, k, slot=slot))
 

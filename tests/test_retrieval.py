@@ -79,14 +79,16 @@ def test_label_index_prompts_and_trains_on_one_label_position():
 
 
 def test_label_index_beyond_the_labels_of_a_training_clip_is_a_clear_error():
-    from engine.experiment import retrieved_texts
+    from engine.experiment import retrieved_texts, target_label_index
 
     clips = persons_corpus()  # 2 labels per clip
-    train, test = retrieved_texts(tiny_config(RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 1}), clips, clips[:2])
+    cfg = tiny_config(RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 1})
+    train, test = retrieved_texts(cfg, clips, clips[:2], target_label_index(cfg, clips))
     assert len(train) == len(clips) and len(test) == 2
+    assert all(t.startswith("label ") and t.endswith("b") and "|" not in t for t in train)  # its label 1 only
     with pytest.raises(UserError, match=r"LABEL_INDEX=2: 12 training clip\(s\) have no label at that position"):
-        retrieved_texts(tiny_config(RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 2}), clips, clips)
-    assert retrieved_texts(tiny_config(), clips, clips) == (None, None)
+        target_label_index(tiny_config(RETRIEVAL={"NEIGHBOURS": 1, "LABEL_INDEX": 2}), clips)
+    assert retrieved_texts(tiny_config(), clips, clips, None) == (None, None)
 
 
 def test_data_label_index_trains_on_one_label_position_without_retrieval():
