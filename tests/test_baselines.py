@@ -1,5 +1,7 @@
 """Validation splits, person cross-validation folds and the caption baselines (constant caption per technique,
 nearest neighbour per label position, random same-person clip per label position)."""
+import math
+
 import pytest
 import torch
 
@@ -216,13 +218,27 @@ def test_seen_person_folds_cover_every_clip_once_and_keep_each_person_and_techni
             # a group of n clips is dealt to n different folds: at most one of them validates in a fold while
             # n < K, and some stay in training whenever there are two or more
             in_train = sum(group(c) == g for c in train)
-            assert in_train >= min(total[g] - 1, total[g] - -(-total[g] // 3))
+            assert in_train >= total[g] - math.ceil(total[g] / 3)
             assert total[g] < 2 or in_train >= 1
     assert seen_person_folds(clips, 3, seed=0) == folds
     assert [[c["video_name"] for c in v] for _, v in seen_person_folds(clips, 3, seed=1)] != [
         [c["video_name"] for c in v] for _, v in folds]
     with pytest.raises(UserError, match="--folds 1"):
         seen_person_folds(clips, 1, seed=0)
+
+
+def test_the_splits_command_writes_seen_person_folds_with_fold_by_clip(tmp_path):
+    from dataloaders.formats import dump_clips, load_clips
+    from dataloaders.splits import main
+
+    clips = [clip(f"{p}_view_{i}", seed=10 * p + i) for p in range(3) for i in range(4)]
+    dump_clips(clips, tmp_path / "all.pkl")
+    assert main(["--data", str(tmp_path / "all.pkl"), "--out", str(tmp_path), "--name", "s", "--folds", "2",
+                 "--fold-by", "clip"]) == 0
+    for k in (0, 1):
+        train, val = (load_clips(tmp_path / f"s_cv{k}_{part}.pkl") for part in ("train", "val"))
+        persons = lambda cs: {person_of(c["video_name"]) for c in cs}  # noqa: E731
+        assert persons(val) == persons(train) == {"0", "1", "2"} and len(train) + len(val) == 12
 
 
 def test_person_id_is_the_leading_number_only():
