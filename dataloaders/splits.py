@@ -82,8 +82,12 @@ def person_folds(clips: list[dict], k: int, seed: int) -> list[tuple[list[dict],
         for person, f in zip(dealt, emptiest):
             fold_of[person] = f
             load[f] += size[person]
-    return [([c for c in clips if fold_of[person_of(c["video_name"])] != f],
-             [c for c in clips if fold_of[person_of(c["video_name"])] == f]) for f in range(k)]
+    return partition(clips, [fold_of[person_of(c["video_name"])] for c in clips], k)
+
+
+def partition(clips: list[dict], fold: list[int], k: int) -> list[tuple[list[dict], list[dict]]]:
+    """K (train, val) pairs: fold f validates the clips with fold[i] == f and trains on the others."""
+    return [([c for c, g in zip(clips, fold) if g != f], [c for c, g in zip(clips, fold) if g == f]) for f in range(k)]
 
 
 def seen_person_folds(clips: list[dict], k: int, seed: int) -> list[tuple[list[dict], list[dict]]]:
@@ -98,13 +102,12 @@ def seen_person_folds(clips: list[dict], k: int, seed: int) -> list[tuple[list[d
     for i, c in enumerate(clips):
         groups.setdefault((person_of(c["video_name"]), str(c.get("motion_type"))), []).append(i)
     rng = np.random.default_rng(seed)
-    fold_of, dealer = {}, 0
+    fold, dealer = [0] * len(clips), 0
     for key in sorted(groups):
         for i in rng.permutation(groups[key]).tolist():
-            fold_of[i] = dealer % k
+            fold[i] = dealer % k
             dealer += 1
-    return [([c for i, c in enumerate(clips) if fold_of[i] != f], [c for i, c in enumerate(clips) if fold_of[i] == f])
-            for f in range(k)]
+    return partition(clips, fold, k)
 
 
 FOLDINGS = {"person": person_folds, "clip": seen_person_folds}

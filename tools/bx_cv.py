@@ -107,7 +107,7 @@ def train_fold(cfg_file: Path, overrides: list[str], log: Path) -> int:
 
 
 def train_folds(cfg_file: Path, out: Path, folds: list[tuple[Path, Path]], epochs: int, seed: int,
-                extra: list[str], jobs: int, exclude: str = "PERSON") -> None:
+                extra: list[str], jobs: int, exclude: str) -> None:
     todo = [k for k in range(len(folds)) if not finished(out / f"cv{k}", epochs)]
     for k in range(len(folds)):
         print(f"cv{k}: {'training, log ' + str(out / f'cv{k}.log') if k in todo else 'finished, not trained again'}",
